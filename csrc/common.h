@@ -1,0 +1,203 @@
+// Pieces shared by every vgpa kernel, on the host (C++/OpenMP) and on the device (CUDA).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#define VGPA_HD __host__ __device__ __forceinline__
+#else
+#define VGPA_HD inline
+#endif
+
+namespace vgpa {
+
+// Mirrors vgpa._backend.DTYPE_CODES.
+enum class Dtype : int { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
+
+// 16-bit storage types: plain bits, converted with round-to-nearest-even like torch.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
+VGPA_HD float float_from_bits(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+VGPA_HD uint32_t bits_from_float(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+VGPA_HD float to_float(Half h) {
+#ifdef __CUDA_ARCH__
+  return __half2float(__ushort_as_half(h.bits));
+#else
+  const uint32_t sign = uint32_t(h.bits & 0x8000u) << 16;
+  uint32_t exp = (h.bits >> 10) & 0x1fu;
+  uint32_t mant = h.bits & 0x3ffu;
+  if (exp == 0) {
+    if (mant == 0) return float_from_bits(sign);
+    exp = 127 - 15 + 1;  // subnormal: renormalise
+    while (!(mant & 0x400u)) {
+      mant <<= 1;
+      --exp;
+    }
+    mant &= 0x3ffu;
+    return float_from_bits(sign | (exp << 23) | (mant << 13));
+  }
+  if (exp == 31) return float_from_bits(sign | 0x7f800000u | (mant << 13));
+  return float_from_bits(sign | ((exp + 127 - 15) << 23) | (mant << 13));
+#endif
+}
+
+VGPA_HD float to_float(BFloat16 b) { return float_from_bits(uint32_t(b.bits) << 16); }
+
+VGPA_HD Half half_from_float(float f) {
+#ifdef __CUDA_ARCH__
+  return Half{__half_as_ushort(__float2half_rn(f))};
+#else
+  uint32_t x = bits_from_float(f);
+  const uint32_t sign = x & 0x80000000u;
+  x ^= sign;
+  uint32_t out;
+  if (x >= (127u + 16u) << 23) {  // overflow, inf or nan
+    out = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (x < (127u - 14u) << 23) {  // result is subnormal or zero: let the FPU round
+    const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    out = bits_from_float(float_from_bits(x) + float_from_bits(magic)) - magic;
+  } else {
+    const uint32_t odd = (x >> 13) & 1u;
+    x += ((uint32_t)(15 - 127) << 23) + 0xfffu + odd;
+    out = x >> 13;
+  }
+  return Half{uint16_t(out | (sign >> 16))};
+#endif
+}
+
+VGPA_HD BFloat16 bfloat16_from_float(float f) {
+  const uint32_t u = bits_from_float(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{uint16_t((u >> 16) | 0x40u)};  // quiet nan
+  return BFloat16{uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+// Accumulation type: float, or double for double inputs.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+template <typename A>
+VGPA_HD A load_as(const float* p) { return A(*p); }
+template <typename A>
+VGPA_HD A load_as(const double* p) { return A(*p); }
+template <typename A>
+VGPA_HD A load_as(const Half* p) { return A(to_float(*p)); }
+template <typename A>
+VGPA_HD A load_as(const BFloat16* p) { return A(to_float(*p)); }
+
+template <typename A>
+VGPA_HD void store_from(float* p, A v) { *p = float(v); }
+template <typename A>
+VGPA_HD void store_from(double* p, A v) { *p = double(v); }
+template <typename A>
+VGPA_HD void store_from(Half* p, A v) { *p = half_from_float(float(v)); }
+template <typename A>
+VGPA_HD void store_from(BFloat16* p, A v) { *p = bfloat16_from_float(float(v)); }
+
+// ---------------------------------------------------------------------------------------------
+// (N, F, A, B, C) strided operands, F split into S contiguous segments (see vgpa/_layout.py).
+
+struct Strides {
+  int64_t n, f, a, b, c;
+};
+
+struct SegmentedShape {
+  int64_t frames, a, b, c;  // per-sample sizes
+  int64_t segments;
+
+  // Sample, first frame and element count of row ns = sample * segments + segment; the first
+  // frames % segments segments hold one frame more (torch.tensor_split).
+  VGPA_HD void span(int64_t ns, int64_t& n, int64_t& f0, int64_t& count) const {
+    n = ns / segments;
+    const int64_t k = ns % segments;
+    const int64_t base = frames / segments, extra = frames % segments;
+    f0 = k * base + (k < extra ? k : extra);
+    count = (base + (k < extra ? 1 : 0)) * a * b * c;
+  }
+  VGPA_HD int64_t longest_segment() const { return (frames + segments - 1) / segments * a * b * c; }
+};
+
+// Position of one element inside a segment, advanced one element at a time on the CPU.
+struct SegmentCursor {
+  int64_t f, ia, ib, ic;
+
+  VGPA_HD void seek(const SegmentedShape& s, int64_t f0, int64_t e) {
+    const int64_t bc = s.b * s.c, inner = s.a * bc;
+    f = f0 + e / inner;
+    int64_t rem = e % inner;
+    ia = rem / bc;
+    rem %= bc;
+    ib = rem / s.c;
+    ic = rem % s.c;
+  }
+  VGPA_HD void next(const SegmentedShape& s) {
+    if (++ic < s.c) return;
+    ic = 0;
+    if (++ib < s.b) return;
+    ib = 0;
+    if (++ia < s.a) return;
+    ia = 0;
+    ++f;
+  }
+  VGPA_HD int64_t offset(const Strides& st, int64_t n) const {
+    return n * st.n + f * st.f + ia * st.a + ib * st.b + ic * st.c;
+  }
+};
+
+inline Strides strides_from(const std::vector<int64_t>& v, const char* what) {
+  if (v.size() != 5) throw std::invalid_argument(std::string(what) + ": expected 5 strides");
+  return Strides{v[0], v[1], v[2], v[3], v[4]};
+}
+
+// Calls f(T*) with the storage type of dtype.
+template <typename F>
+void dispatch_dtype(int dtype, F&& f) {
+  switch (static_cast<Dtype>(dtype)) {
+    case Dtype::Float32: f(static_cast<float*>(nullptr)); break;
+    case Dtype::Float16: f(static_cast<Half*>(nullptr)); break;
+    case Dtype::BFloat16: f(static_cast<BFloat16*>(nullptr)); break;
+    case Dtype::Float64: f(static_cast<double*>(nullptr)); break;
+    default: throw std::invalid_argument("vgpa: unsupported dtype code " + std::to_string(dtype));
+  }
+}
+
+#ifdef VGPA_WITH_CUDA
+int cuda_runtime_version();       // CUDART_VERSION compiled in
+std::string cuda_driver_status();  // driver version and device count, or why CUDA is unusable
+#endif
+
+}  // namespace vgpa

@@ -1,0 +1,37 @@
+// CUDA-only helpers shared by the .cu files.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace vgpa {
+
+inline void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": CUDA error: " + cudaGetErrorString(err));
+}
+
+inline void check_grid_y(int64_t rows, const char* what) {
+  if (rows > 65535) throw std::invalid_argument(std::string(what) + ": too many rows for one launch");
+}
+
+// Sum over a block in a fixed order (warp shuffles, then the warp leaders): deterministic.
+template <int Threads, typename A>
+__device__ __forceinline__ A block_sum(A v) {
+  static_assert(Threads % 32 == 0 && Threads <= 1024, "block size");
+  __shared__ A warp_sums[Threads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // warp_sums may still be read by a previous call
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < Threads / 32 ? warp_sums[lane] : A(0);
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;  // valid in thread 0
+}
+
+}  // namespace vgpa

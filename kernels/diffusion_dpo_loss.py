@@ -1,0 +1,129 @@
+"""Triton kernels of the paired Diffusion-DPO loss (DESIGN 3.4).
+
+Every operand is seen as (N, F, A, B, C) with its own strides (see vgpa._layout). One
+program reduces one fixed chunk of one (sample, segment) into a partial sum, so the result
+does not depend on scheduling: the partials are summed in a fixed order afterwards.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+@triton.jit
+def _segment_element_offsets(e, f0, A, B, C, sN, sF, sA, sB, sC, n):
+    """Memory offset of element e (frame-major) of the segment starting at frame f0."""
+    inner = A * B * C
+    f = f0 + e // inner
+    rem = e % inner
+    a = rem // (B * C)
+    rem = rem % (B * C)
+    b = rem // C
+    c = rem % C
+    return n * sN + f * sF + a * sA + b * sB + c * sC
+
+
+@triton.jit
+def _segment_span(ns, S, F, A, B, C):
+    """(sample, first frame, element count) of program row ns = sample * S + segment."""
+    n = (ns // S).to(tl.int64)
+    k = ns % S
+    base = F // S
+    extra = F % S
+    f0 = k * base + tl.minimum(k, extra)
+    frames = base + (k < extra).to(tl.int32)
+    return n, f0.to(tl.int64), frames.to(tl.int64) * A * B * C
+
+
+@triton.jit
+def diffusion_dpo_loss_forward_kernel(
+    m_ptr, r_ptr, t_ptr, w_ptr, part_ptr, S, chunks, F, A, B, C,
+    smN, smF, smA, smB, smC, srN, srF, srA, srB, srC,
+    stN, stF, stA, stB, stC, swN, swF, swA, swB, swC,
+    ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    chunk = tl.program_id(0)
+    ns = tl.program_id(1)
+    n, f0, seg_len = _segment_span(ns, S, F, A, B, C)
+    start = chunk.to(tl.int64) * CHUNK
+    acc_m = tl.zeros([BLOCK], dtype=ACC)
+    acc_r = tl.zeros([BLOCK], dtype=ACC)
+    acc_w = tl.zeros([BLOCK], dtype=ACC)
+    for i in range(0, CHUNK, BLOCK):
+        e = start + i + tl.arange(0, BLOCK)
+        mask = e < seg_len
+        m = tl.load(m_ptr + _segment_element_offsets(e, f0, A, B, C, smN, smF, smA, smB, smC, n),
+                    mask=mask, other=0.0).to(ACC)
+        r = tl.load(r_ptr + _segment_element_offsets(e, f0, A, B, C, srN, srF, srA, srB, srC, n),
+                    mask=mask, other=0.0).to(ACC)
+        t = tl.load(t_ptr + _segment_element_offsets(e, f0, A, B, C, stN, stF, stA, stB, stC, n),
+                    mask=mask, other=0.0).to(ACC)
+        dm = m - t
+        dr = r - t
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + _segment_element_offsets(e, f0, A, B, C, swN, swF, swA, swB, swC, n),
+                        mask=mask, other=0.0).to(ACC)
+            acc_m += w * dm * dm
+            acc_r += w * dr * dr
+            acc_w += w
+        else:
+            acc_m += dm * dm
+            acc_r += dr * dr
+    out = part_ptr + (ns.to(tl.int64) * chunks + chunk) * 3
+    tl.store(out, tl.sum(acc_m, 0))
+    tl.store(out + 1, tl.sum(acc_r, 0))
+    tl.store(out + 2, tl.sum(acc_w, 0))
+
+
+@triton.jit
+def diffusion_dpo_loss_backward_kernel(
+    scale_ptr, m_ptr, t_ptr, w_ptr, g_ptr, S, F, A, B, C,
+    smN, smF, smA, smB, smC, sgN, sgF, sgA, sgB, sgC,
+    stN, stF, stA, stB, stC, swN, swF, swA, swB, swC,
+    ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ns = tl.program_id(1)
+    n, f0, seg_len = _segment_span(ns, S, F, A, B, C)
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < seg_len
+    scale = tl.load(scale_ptr + ns)
+    m = tl.load(m_ptr + _segment_element_offsets(e, f0, A, B, C, smN, smF, smA, smB, smC, n),
+                mask=mask, other=0.0).to(ACC)
+    t = tl.load(t_ptr + _segment_element_offsets(e, f0, A, B, C, stN, stF, stA, stB, stC, n),
+                mask=mask, other=0.0).to(ACC)
+    g = scale * (m - t)
+    if HAS_WEIGHT:
+        g *= tl.load(w_ptr + _segment_element_offsets(e, f0, A, B, C, swN, swF, swA, swB, swC, n),
+                     mask=mask, other=0.0).to(ACC)
+    g_off = _segment_element_offsets(e, f0, A, B, C, sgN, sgF, sgA, sgB, sgC, n)
+    tl.store(g_ptr + g_off, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def diffusion_dpo_loss_forward(m, r, t, w, partials, sizes, strides, segments, chunk):
+    """Writes (model, ref, weight) partial sums into partials (N * S, chunks, 3)."""
+    rows, chunks, _ = partials.shape
+    grid = (chunks, rows)
+    diffusion_dpo_loss_forward_kernel[grid](
+        m, r, t, m if w is None else w, partials, segments, chunks, *sizes,
+        *strides[0], *strides[1], *strides[2], *strides[3],
+        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, CHUNK=chunk, BLOCK=min(BLOCK, chunk),
+    )
+
+
+def diffusion_dpo_loss_backward(scale, m, t, w, g, sizes, strides, segments):
+    """g = scale[sample, segment] * w * (m - t), written with g's strides."""
+    frames, a, b, c = sizes
+    longest = -(-frames // segments) * a * b * c
+    grid = (triton.cdiv(longest, BLOCK), m.shape[0] * segments)
+    # strides order: model_pred, grad, target, weight (as laid out by the caller)
+    diffusion_dpo_loss_backward_kernel[grid](
+        scale, m, t, m if w is None else w, g, segments, *sizes,
+        *strides[0], *strides[1], *strides[2], *strides[3],
+        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, BLOCK=BLOCK,
+    )

@@ -1,0 +1,134 @@
+"""Backend discovery and per-call dispatch.
+
+Backends: "cuda" (CUDA C++ in vgpa._C), "triton" (vgpa.kernels), "cpu" (C++/OpenMP in
+vgpa._C), "torch" (the pure-PyTorch reference). "auto" takes the first backend of
+``AUTO_ORDER`` that can run on the tensors' device. ``VGPA_BACKEND`` replaces "auto".
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+ENV_BACKEND = "VGPA_BACKEND"
+
+# Preference per device type for backend="auto".
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "torch"),
+    "cpu": ("cpu", "torch"),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run on these tensors; the message says why and what to do."""
+
+
+@functools.lru_cache(maxsize=None)
+def _load_extension():
+    try:
+        return importlib.import_module("vgpa._C"), ""
+    except ImportError as exc:  # not built, or built for another Python
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def extension():
+    """The compiled module vgpa._C, or None (``extension_error()`` says why)."""
+    return _load_extension()[0]
+
+
+def extension_error() -> str:
+    return _load_extension()[1]
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_module():
+    """The triton package, or None (with the reason from ``why_unavailable``)."""
+    try:
+        return importlib.import_module("triton")
+    except ImportError:
+        return None
+
+
+def why_unavailable(backend: str, device: torch.device) -> str | None:
+    """None when ``backend`` can run on tensors of ``device``, else the reason and the remedy."""
+    kind = device.type
+    if backend == "torch":
+        return None
+    if backend == "cpu":
+        if kind != "cpu":
+            return f"backend 'cpu' runs on CPU tensors, these are on {device}"
+        if extension() is None:
+            return ("the compiled extension vgpa._C is not importable "
+                    f"({extension_error()}); reinstall with `pip install --no-build-isolation .`")
+        return None
+    if backend == "cuda":
+        if kind != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, these are on {device}"
+        ext = extension()
+        if ext is None:
+            return ("the compiled extension vgpa._C is not importable "
+                    f"({extension_error()}); reinstall with `pip install --no-build-isolation .`")
+        if not ext.with_cuda():
+            return ("vgpa._C was built without CUDA (nvcc was not found at build time); "
+                    "rebuild with nvcc on PATH and VGPA_BUILD_CUDA=1")
+        return None
+    if backend == "triton":
+        if triton_module() is None:
+            return "triton is not installed: `pip install triton`"
+        if kind == "cuda":
+            return None
+        if kind == "cpu":
+            if triton_interpreted():
+                return None
+            return ("backend 'triton' needs CUDA tensors; on CPU tensors it runs only under the "
+                    "Triton interpreter (set TRITON_INTERPRET=1 before importing triton)")
+        return f"backend 'triton' does not run on {device}"
+    raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+
+
+def resolve(backend: str, device: torch.device, op: str) -> str:
+    """Map the user's ``backend`` argument to a backend that runs on ``device`` or raise."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{op}: backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get(ENV_BACKEND, "auto").strip().lower() or "auto"
+        source = f"{ENV_BACKEND}={backend!r}"
+    else:
+        source = f"backend={backend!r}"
+    if backend == "auto":
+        for candidate in AUTO_ORDER.get(device.type, ("torch",)):
+            if why_unavailable(candidate, device) is None:
+                return candidate
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: unknown backend in {source}; choose one of {('auto',) + BACKENDS}")
+    reason = why_unavailable(backend, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"{op}: {source} cannot run here: {reason}")
+    return backend
+
+
+def available_backends(device: torch.device) -> dict[str, str | None]:
+    """{backend: None if it runs on ``device`` else why not}."""
+    return {name: why_unavailable(name, device) for name in BACKENDS}
+
+
+# Dtype codes shared with csrc/common.h (enum class Dtype).
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    return DTYPE_CODES[dtype]
+
+
+def cuda_stream(device: torch.device) -> int:
+    """The raw cudaStream_t of torch's current stream on ``device``, for the extension."""
+    return torch.cuda.current_stream(device).cuda_stream

@@ -1,0 +1,337 @@
+"""Fused paired Diffusion-DPO loss (DESIGN 3.4).
+
+The heavy part, per-(sample, segment) weighted squared errors of the policy and the reference
+against the target, runs in one pass over the three tensors on the chosen backend; the
+gradient is written in one more pass. The O(B) logit and loss math is plain PyTorch on
+(B, S) tensors, shared with the reference (vgpa.reference.diffusion_dpo_loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from .._layout import coalesce_per_sample
+from ..reference import diffusion_dpo_loss as reference
+
+OP = "diffusion_dpo_loss"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+# Elements reduced into one partial sum, per backend: fixed, so sums are bitwise reproducible.
+CHUNK = {"cpu": 8192, "cuda": 4096, "triton": 4096}
+
+
+@dataclass
+class DiffusionDPOLossResult:
+    """Output of :func:`diffusion_dpo_loss`.
+
+    loss: scalar (differentiable w.r.t. model_pred). logits: (B,) or (B, S) with segments.
+    model_err, ref_err: (2B,) or (2B, S), winners first. accuracy, implicit_accuracy,
+    reward_margin: detached scalars.
+    """
+
+    loss: Tensor
+    logits: Tensor
+    model_err: Tensor
+    ref_err: Tensor
+    accuracy: Tensor
+    implicit_accuracy: Tensor
+    reward_margin: Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Layout shared by the kernels
+
+
+def _kernel_layout(model_pred, ref_pred, target, weight, frame_dim, segments):
+    """Returns operands (weight expanded, never copied unless unavoidable), sizes and strides."""
+    shape = model_pred.shape
+    w = None if weight is None else weight.expand(shape)
+    frame = frame_dim if segments > 1 else None
+    for attempt in range(3):
+        ops = [model_pred, ref_pred, target] + ([w] if w is not None else [])
+        layout = coalesce_per_sample(shape, [x.stride() for x in ops], frame)
+        if layout is not None:
+            break
+        # Rare: more than four axes that cannot be merged. Fall back to copies.
+        if attempt == 0:
+            model_pred, ref_pred, target = (x.contiguous() for x in (model_pred, ref_pred, target))
+        else:
+            w = w.contiguous()
+    sizes, strides = layout
+    if w is None:
+        strides = strides + ((0,) * 5,)
+    return (model_pred, ref_pred, target, w), sizes, strides
+
+
+def _segment_counts(shape, frame_dim, segments):
+    inner = math.prod(shape[1:])
+    if segments == 1:
+        return [inner]
+    per_frame = inner // shape[frame_dim] if shape[frame_dim] else 0
+    return [(b - a) * per_frame for a, b in reference.segment_bounds(shape[frame_dim], segments)]
+
+
+def _num_chunks(sizes, segments, chunk):
+    frames, a, b, c = sizes
+    longest = -(-frames // segments) * a * b * c
+    return max(1, -(-longest // chunk))
+
+
+# --------------------------------------------------------------------------------------------
+# Backend implementations
+
+
+def _errors_kernel(backend, model_pred, ref_pred, target, weight, segments, frame_dim):
+    n = model_pred.shape[0]
+    acc = reference.accumulation_dtype(model_pred.dtype)
+    (m, r, t, w), sizes, strides = _kernel_layout(model_pred, ref_pred, target, weight, frame_dim, segments)
+    chunk = CHUNK[backend]
+    chunks = _num_chunks(sizes, segments, chunk)
+    partials = torch.empty((n * segments, chunks, 3), dtype=acc, device=m.device)
+    if backend == "triton":
+        from ..kernels.diffusion_dpo_loss import diffusion_dpo_loss_forward
+
+        diffusion_dpo_loss_forward(m, r, t, w, partials, sizes, strides, segments, chunk)
+    else:
+        ext = _backend.extension()
+        args = (_backend.dtype_code(m.dtype), m.data_ptr(), r.data_ptr(), t.data_ptr(),
+                0 if w is None else w.data_ptr(), partials.data_ptr(), n, segments, chunks, chunk,
+                list(sizes), [list(s) for s in strides])
+        if backend == "cuda":
+            ext.diffusion_dpo_loss_forward_cuda(*args, _backend.cuda_stream(m.device))
+        else:
+            ext.diffusion_dpo_loss_forward_cpu(*args)
+    sums = partials.sum(1).view(n, segments, 3)
+    if w is None:
+        weight_sum = torch.tensor(_segment_counts(model_pred.shape, frame_dim, segments), dtype=acc,
+                                  device=m.device).expand(n, segments).contiguous()
+    else:
+        weight_sum = sums[..., 2]
+    return sums[..., 0] / weight_sum, sums[..., 1] / weight_sum, weight_sum
+
+
+def _grad_kernel(backend, scale, model_pred, target, weight, segments, frame_dim):
+    """grad[s, e] = scale[s, k(e)] * w[s, e] * (model_pred - target)[s, e]."""
+    # Same strides as model_pred where it is dense, so the gradient is read back as it is written.
+    grad = torch.empty_like(model_pred)
+    # g is grad itself, or a contiguous buffer when the layout had to fall back to copies.
+    (m, g, t, w), sizes, strides = _kernel_layout(model_pred, grad, target, weight, frame_dim, segments)
+    scale = scale.contiguous()
+    n = m.shape[0]
+    if backend == "triton":
+        from ..kernels.diffusion_dpo_loss import diffusion_dpo_loss_backward
+
+        diffusion_dpo_loss_backward(scale, m, t, w, g, sizes, strides, segments)
+    else:
+        ext = _backend.extension()
+        args = (_backend.dtype_code(m.dtype), scale.data_ptr(), m.data_ptr(), t.data_ptr(),
+                0 if w is None else w.data_ptr(), g.data_ptr(), n, segments, list(sizes),
+                [list(s) for s in strides])
+        if backend == "cuda":
+            ext.diffusion_dpo_loss_backward_cuda(*args, _backend.cuda_stream(m.device))
+        else:
+            ext.diffusion_dpo_loss_backward_cpu(*args)
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library registration: opaque to torch.compile, differentiable w.r.t. model_pred.
+
+
+@torch.library.custom_op("vgpa::diffusion_dpo_loss_errors", mutates_args=())
+def _errors_op(model_pred: Tensor, ref_pred: Tensor, target: Tensor, weight: Optional[Tensor],
+               segments: int, frame_dim: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    if backend == "torch":
+        out = reference.dpo_errors(model_pred, ref_pred, target, weight, segments, frame_dim)
+    else:
+        out = _errors_kernel(backend, model_pred, ref_pred, target, weight, segments, frame_dim)
+    if weight is not None and not bool((out[2] > 0).all()):
+        raise ValueError(f"{OP}: the weight sums to <= 0 over some sample or segment; every "
+                         "sample (and segment) needs a positive total weight")
+    return tuple(x.contiguous() for x in out)
+
+
+@_errors_op.register_fake
+def _(model_pred, ref_pred, target, weight, segments, frame_dim, backend):
+    acc = reference.accumulation_dtype(model_pred.dtype)
+    shape = (model_pred.shape[0], segments)
+    return tuple(model_pred.new_empty(shape, dtype=acc) for _ in range(3))
+
+
+@torch.library.custom_op("vgpa::diffusion_dpo_loss_grad", mutates_args=())
+def _grad_op(scale: Tensor, model_pred: Tensor, target: Tensor, weight: Optional[Tensor],
+             segments: int, frame_dim: int, backend: str) -> Tensor:
+    if backend == "torch":
+        return _grad_reference(scale, model_pred, target, weight, segments, frame_dim)
+    return _grad_kernel(backend, scale, model_pred, target, weight, segments, frame_dim)
+
+
+@_grad_op.register_fake
+def _(scale, model_pred, target, weight, segments, frame_dim, backend):
+    return torch.empty_like(model_pred)
+
+
+def _grad_reference(scale, model_pred, target, weight, segments, frame_dim):
+    acc = scale.dtype
+    diff = model_pred.to(acc) - target.to(acc)
+    if weight is not None:
+        diff = diff * weight.to(acc)
+    if segments == 1:
+        factor = scale.view((-1,) + (1,) * (model_pred.dim() - 1))
+    else:
+        sizes = [b - a for a, b in reference.segment_bounds(model_pred.shape[frame_dim], segments)]
+        per_frame = scale.repeat_interleave(torch.tensor(sizes, device=scale.device), dim=1)
+        view = [1] * model_pred.dim()
+        view[0], view[frame_dim] = model_pred.shape[0], model_pred.shape[frame_dim]
+        factor = per_frame.view(view)
+    return (factor * diff).to(model_pred.dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    model_pred, _, target, weight, segments, frame_dim, backend = inputs
+    ctx.save_for_backward(model_pred, target, weight, output[2])
+    ctx.segments, ctx.frame_dim, ctx.backend = segments, frame_dim, backend
+
+
+def _backward(ctx, grad_model_err, grad_ref_err, grad_weight_sum):
+    model_pred, target, weight, weight_sum = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        # d err(s, k) / d pred = 2 w (pred - target) / sum(w)
+        scale = (2.0 * grad_model_err / weight_sum).to(weight_sum.dtype)
+        grad = _grad_op(scale, model_pred, target, weight, ctx.segments, ctx.frame_dim, ctx.backend)
+    return grad, None, None, None, None, None, None
+
+
+_errors_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def _check_inputs(model_pred, ref_pred, target, beta, loss_type, label_smoothing, weight, pair_weight,
+                  segments, frame_dim):
+    tensors = {"model_pred": model_pred, "ref_pred": ref_pred, "target": target}
+    for name, x in tensors.items():
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if model_pred.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{OP}: model_pred has dtype {model_pred.dtype}; expected one of {FLOAT_DTYPES}")
+    for name, x in tensors.items():
+        if x.dtype != model_pred.dtype:
+            raise TypeError(f"{OP}: {name} has dtype {x.dtype} but model_pred has {model_pred.dtype}; "
+                            "cast them to one dtype")
+        if x.device != model_pred.device:
+            raise ValueError(f"{OP}: {name} is on {x.device} but model_pred is on {model_pred.device}")
+        if x.shape != model_pred.shape:
+            raise ValueError(f"{OP}: {name} has shape {tuple(x.shape)} but model_pred has "
+                             f"{tuple(model_pred.shape)}; all three must match")
+    if model_pred.dim() < 1 or model_pred.shape[0] < 2 or model_pred.shape[0] % 2:
+        raise ValueError(f"{OP}: the batch axis must hold 2B samples (B winners, then B losers); "
+                         f"got shape {tuple(model_pred.shape)}")
+    if model_pred.numel() == 0:
+        raise ValueError(f"{OP}: model_pred has no elements (shape {tuple(model_pred.shape)})")
+    if isinstance(beta, Tensor) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"{OP}: beta must be a finite number > 0, got {beta!r}")
+    if loss_type not in reference.LOSS_TYPES:
+        raise ValueError(f"{OP}: unknown loss_type {loss_type!r}; choose one of {reference.LOSS_TYPES}")
+    if not (0.0 <= label_smoothing <= 0.5):
+        raise ValueError(f"{OP}: label_smoothing must lie in [0, 0.5], got {label_smoothing!r}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"{OP}: label_smoothing applies to loss_type='sigmoid' only")
+    if not isinstance(segments, int) or segments < 1:
+        raise ValueError(f"{OP}: segments must be an int >= 1, got {segments!r}")
+    ndim = model_pred.dim()
+    if segments > 1:
+        if not (-ndim < frame_dim < ndim) or frame_dim % ndim == 0:
+            raise ValueError(f"{OP}: frame_dim={frame_dim} is not a non-batch axis of a {ndim}-D prediction")
+        frames = model_pred.shape[frame_dim]
+        if segments > frames:
+            raise ValueError(f"{OP}: segments={segments} exceeds the {frames} frames along frame_dim={frame_dim}")
+    if weight is not None:
+        if not isinstance(weight, Tensor) or not weight.is_floating_point():
+            raise TypeError(f"{OP}: weight must be a floating-point tensor")
+        if weight.device != model_pred.device:
+            raise ValueError(f"{OP}: weight is on {weight.device} but model_pred is on {model_pred.device}")
+        try:
+            broadcast = torch.broadcast_shapes(weight.shape, model_pred.shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != model_pred.shape:
+            raise ValueError(f"{OP}: weight of shape {tuple(weight.shape)} does not broadcast to the "
+                             f"prediction shape {tuple(model_pred.shape)}")
+    if pair_weight is not None:
+        pairs = model_pred.shape[0] // 2
+        if not isinstance(pair_weight, Tensor) or not pair_weight.is_floating_point():
+            raise TypeError(f"{OP}: pair_weight must be a floating-point tensor of shape ({pairs},)")
+        if pair_weight.shape != (pairs,):
+            raise ValueError(f"{OP}: pair_weight has shape {tuple(pair_weight.shape)}, expected ({pairs},)")
+        if pair_weight.device != model_pred.device:
+            raise ValueError(f"{OP}: pair_weight is on {pair_weight.device} but model_pred is on "
+                             f"{model_pred.device}")
+        if not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(pair_weight).all()) or bool((pair_weight < 0).any()) \
+                    or not bool(pair_weight.sum() > 0):
+                raise ValueError(f"{OP}: pair_weight must be finite, >= 0 and sum to > 0")
+
+
+def diffusion_dpo_loss(model_pred: Tensor, ref_pred: Tensor, target: Tensor, *, beta: float,
+                       loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                       weight: Optional[Tensor] = None, pair_weight: Optional[Tensor] = None,
+                       segments: int = 1, frame_dim: int = 1, backend: str = "auto") -> DiffusionDPOLossResult:
+    """Paired Diffusion-DPO loss with its fused gradient.
+
+    model_pred, ref_pred, target: (2B, ...), the B winners first, then the B losers, e.g.
+    (2B, F, C, H, W) CogVideoX latents or (2B, C, F, H, W) Wan latents, any strides.
+    beta: > 0. loss_type: "sigmoid" (with ``label_smoothing``), "hinge" or "ipo".
+    weight: per-element weight broadcastable to the prediction, e.g. (2B, 1, F, H, W); read
+    in place, never expanded in memory. pair_weight: (B,) weights of the mean over pairs.
+    segments: split the frame axis ``frame_dim`` into this many contiguous segments with
+    their own errors and logits. backend: "auto", "cuda", "triton", "cpu" or "torch".
+
+    Only model_pred receives a gradient; ref_pred, target and the weights are constants.
+    """
+    _check_inputs(model_pred, ref_pred, target, beta, loss_type, label_smoothing, weight, pair_weight,
+                  segments, frame_dim)
+    resolved = _backend.resolve(backend, model_pred.device, OP)
+    frame_dim = frame_dim % model_pred.dim() if model_pred.dim() > 1 else 1
+    acc = reference.accumulation_dtype(model_pred.dtype)
+    if weight is not None:
+        weight = weight.detach().to(acc)
+    model_err, ref_err, _ = _errors_op(model_pred, ref_pred.detach(), target.detach(), weight,
+                                       segments, frame_dim, resolved)
+    beta = float(beta)
+    logits = reference.dpo_logits(model_err, ref_err, beta)
+    loss = reference.dpo_loss_from_logits(logits, beta, loss_type, float(label_smoothing),
+                                          None if pair_weight is None else pair_weight.detach())
+    accuracy, implicit, margin = reference.dpo_metrics(model_err, logits, beta)
+    if segments == 1:
+        logits, model_err, ref_err = logits[:, 0], model_err[:, 0], ref_err[:, 0]
+    return DiffusionDPOLossResult(loss, logits, model_err, ref_err, accuracy, implicit, margin)
+
+
+class DiffusionDPOLoss(torch.nn.Module):
+    """nn.Module around :func:`diffusion_dpo_loss`; forward returns the full result."""
+
+    def __init__(self, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                 segments: int = 1, frame_dim: int = 1, backend: str = "auto"):
+        super().__init__()
+        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.segments, self.frame_dim, self.backend = segments, frame_dim, backend
+
+    def forward(self, model_pred, ref_pred, target, weight=None, pair_weight=None) -> DiffusionDPOLossResult:
+        return diffusion_dpo_loss(model_pred, ref_pred, target, beta=self.beta, loss_type=self.loss_type,
+                                  label_smoothing=self.label_smoothing, weight=weight,
+                                  pair_weight=pair_weight, segments=self.segments,
+                                  frame_dim=self.frame_dim, backend=self.backend)
+
+    def extra_repr(self):
+        return (f"beta={self.beta}, loss_type={self.loss_type!r}, label_smoothing={self.label_smoothing}, "
+                f"segments={self.segments}, frame_dim={self.frame_dim}, backend={self.backend!r}")
