@@ -44,6 +44,11 @@ def extension_error() -> str:
     return _load_extension()[1]
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_driver_status() -> str:
+    return extension().cuda_driver_status()
+
+
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -79,6 +84,10 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
         if not ext.with_cuda():
             return ("vgpa._C was built without CUDA (nvcc was not found at build time); "
                     "rebuild with nvcc on PATH and VGPA_BUILD_CUDA=1")
+        status = _cuda_driver_status()
+        if status.startswith("unusable"):
+            return (f"the CUDA runtime linked into vgpa._C cannot run here ({status}); rebuild with "
+                    "an nvcc no newer than the driver supports")
         return None
     if backend == "triton":
         if triton_module() is None:

@@ -1,0 +1,107 @@
+"""Timing, memory, bandwidth and result files shared by the bench entries."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import time
+
+import torch
+
+
+def device_label(device: torch.device) -> str:
+    """A folder-safe name of the hardware, e.g. 'nvidia-h100-80gb-hbm3' or 'cpu-2-cores'."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu-{torch.get_num_threads()}-threads"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, warmup: int = 3, repeat: int = 10) -> float:
+    """Median wall time of fn() in milliseconds, the device synchronised around each call."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def peak_memory_mib(fn, device: torch.device) -> float | None:
+    """Peak device memory allocated while fn() runs, above what was allocated before (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Achieved device-to-device copy bandwidth (bytes read + written per second), the roof
+    that memory-bound kernels are compared with."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=3, repeat=10)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def environment(device: torch.device) -> dict:
+    env = {"device": device_label(device), "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    return env
+
+
+def write_results(op: str, rows: list[dict], device: torch.device, out_dir: str) -> str:
+    """Writes rows to <out_dir>/<device>/<op>.csv and .json; returns the folder."""
+    folder = os.path.join(out_dir, device_label(device))
+    os.makedirs(folder, exist_ok=True)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(os.path.join(folder, f"{op}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(folder, f"{op}.json"), "w") as f:
+        json.dump({"environment": environment(device), "rows": rows}, f, indent=2)
+    return folder
+
+
+def print_table(title: str, rows: list[dict]):
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    table = [[fmt(row.get(k)) for k in fields] for row in rows]
+    widths = [max(len(k), *(len(r[i]) for r in table)) for i, k in enumerate(fields)]
+    print(f"\n{title}")
+    print("  ".join(k.rjust(w) for k, w in zip(fields, widths)))
+    for r in table:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths)))

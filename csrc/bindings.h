@@ -1,0 +1,22 @@
+// Shared by the <op>_bindings.cpp files: pybind11 and one bind function per op.
+#pragma once
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+
+namespace vgpa {
+
+namespace py = pybind11;
+
+using Sizes = std::vector<int64_t>;
+using StrideList = std::vector<std::vector<int64_t>>;
+
+void bind_diffusion_dpo_loss(py::module_& m);
+
+}  // namespace vgpa

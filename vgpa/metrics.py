@@ -1,0 +1,1 @@
+"""Scores of the VideoGPA recipe built on vgpa's fused ops."""
