@@ -164,8 +164,12 @@ struct SegmentCursor {
     ib = rem / s.c;
     ic = rem % s.c;
   }
-  VGPA_HD void next(const SegmentedShape& s) {
-    if (++ic < s.c) return;
+  // Elements from the cursor to the end of its innermost row.
+  VGPA_HD int64_t row_remaining(const SegmentedShape& s) const { return s.c - ic; }
+  // Moves count <= row_remaining() elements ahead.
+  VGPA_HD void skip(const SegmentedShape& s, int64_t count) {
+    ic += count;
+    if (ic < s.c) return;
     ic = 0;
     if (++ib < s.b) return;
     ib = 0;

@@ -39,15 +39,11 @@ def coalesce_per_sample(shape, strides_list, frame_dim=None):
 
     if frame_dim is not None:
         head = [[shape[frame_dim], [s[frame_dim] for s in strides_list]]]
-        rest_slots = MAX_INNER_DIMS - 1
-    else:
-        head, rest_slots = [], MAX_INNER_DIMS
-        if merged:
-            head, merged = merged[:1], merged[1:]
-            rest_slots -= 1
-        else:
-            head = [[1, [0] * len(strides_list)]]
-            rest_slots -= 1
+    elif len(merged) == MAX_INNER_DIMS:
+        head, merged = merged[:1], merged[1:]
+    else:  # keep the merged axes innermost: long contiguous rows for the kernels
+        head = [[1, [0] * len(strides_list)]]
+    rest_slots = MAX_INNER_DIMS - 1
     if len(merged) > rest_slots:
         return None
     pad = [[1, [0] * len(strides_list)]] * (rest_slots - len(merged))
