@@ -104,7 +104,7 @@ void backward(const DiffusionDPOLossArgs& args) {
   const A* scale = reinterpret_cast<const A*>(args.ptr[4]);
   const SegmentedShape& shape = args.shape;
   const Strides* st = args.strides;
-  const int64_t block = 16384;
+  const int64_t block = args.chunk;
   const int64_t blocks = (shape.longest_segment() + block - 1) / block;
   const int64_t jobs = args.samples * shape.segments * blocks;
 

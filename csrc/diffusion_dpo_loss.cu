@@ -26,13 +26,23 @@ __global__ void __launch_bounds__(kThreads) diffusion_dpo_loss_forward_kernel(Di
   const int64_t begin = chunk * args.chunk;
   const int64_t end = min(begin + args.chunk, count);
 
+  // Walk the chunk row by row: the cursor arithmetic (divisions) is paid once per row, and
+  // within a row the threads read consecutive elements (coalesced when the row is contiguous).
   DpoPartial<A> acc;
-  for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
-    SegmentCursor cur;
-    cur.seek(args.shape, f0, e);
-    const A w = weight ? weight[cur.offset(args.strides[3], n)] : A(1);
-    acc.add(load_as<A>(model + cur.offset(args.strides[0], n)), load_as<A>(ref + cur.offset(args.strides[1], n)),
-            load_as<A>(target + cur.offset(args.strides[2], n)), w);
+  SegmentCursor cur;
+  if (begin < end) cur.seek(args.shape, f0, begin);
+  for (int64_t e = begin; e < end;) {
+    const int64_t len = min(cur.row_remaining(args.shape), end - e);
+    const T* m = model + cur.offset(args.strides[0], n);
+    const T* r = ref + cur.offset(args.strides[1], n);
+    const T* t = target + cur.offset(args.strides[2], n);
+    const A* w = weight ? weight + cur.offset(args.strides[3], n) : nullptr;
+    const int64_t cm = args.strides[0].c, cr = args.strides[1].c, ct = args.strides[2].c, cw = args.strides[3].c;
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < len; i += kThreads)
+      acc.add(load_as<A>(m + i * cm), load_as<A>(r + i * cr), load_as<A>(t + i * ct), w ? w[i * cw] : A(1));
+    cur.skip(args.shape, len);
+    e += len;
   }
   acc.model = block_sum<kThreads>(acc.model);
   acc.ref = block_sum<kThreads>(acc.ref);
@@ -57,14 +67,22 @@ __global__ void __launch_bounds__(kThreads) diffusion_dpo_loss_backward_kernel(D
   int64_t n, f0, count;
   args.shape.span(ns, n, f0, count);
   const A s = scale[ns];
-  const int64_t stride = int64_t(gridDim.x) * kThreads;
-  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < count; e += stride) {
-    SegmentCursor cur;
-    cur.seek(args.shape, f0, e);
-    const A w = weight ? weight[cur.offset(args.strides[3], n)] : A(1);
-    const A g = dpo_grad(s, load_as<A>(model + cur.offset(args.strides[0], n)),
-                         load_as<A>(target + cur.offset(args.strides[2], n)), w);
-    store_from(grad + cur.offset(args.strides[1], n), g);
+  const int64_t begin = int64_t(blockIdx.x) * args.chunk;
+  const int64_t end = min(begin + args.chunk, count);
+  SegmentCursor cur;
+  if (begin < end) cur.seek(args.shape, f0, begin);
+  for (int64_t e = begin; e < end;) {
+    const int64_t len = min(cur.row_remaining(args.shape), end - e);
+    const T* m = model + cur.offset(args.strides[0], n);
+    T* g = grad + cur.offset(args.strides[1], n);
+    const T* t = target + cur.offset(args.strides[2], n);
+    const A* w = weight ? weight + cur.offset(args.strides[3], n) : nullptr;
+    const int64_t cm = args.strides[0].c, cg = args.strides[1].c, ct = args.strides[2].c, cw = args.strides[3].c;
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < len; i += kThreads)
+      store_from(g + i * cg, dpo_grad(s, load_as<A>(m + i * cm), load_as<A>(t + i * ct), w ? w[i * cw] : A(1)));
+    cur.skip(args.shape, len);
+    e += len;
   }
 }
 
@@ -84,8 +102,8 @@ void diffusion_dpo_loss_forward_cuda(const DiffusionDPOLossArgs& args, uintptr_t
 void diffusion_dpo_loss_backward_cuda(const DiffusionDPOLossArgs& args, uintptr_t stream) {
   const int64_t rows = args.samples * args.shape.segments;
   check_grid_y(rows, "diffusion_dpo_loss");
-  const int64_t blocks = (args.shape.longest_segment() + kThreads - 1) / kThreads;
-  const dim3 grid(static_cast<unsigned>(blocks < 65535 ? blocks : 65535), static_cast<unsigned>(rows));
+  const int64_t blocks = (args.shape.longest_segment() + args.chunk - 1) / args.chunk;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(rows));
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     diffusion_dpo_loss_backward_kernel<T><<<grid, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args);

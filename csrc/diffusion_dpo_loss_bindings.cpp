@@ -27,9 +27,9 @@ DiffusionDPOLossArgs dpo_forward_args(int dtype, uintptr_t model, uintptr_t ref,
 }
 
 DiffusionDPOLossArgs dpo_backward_args(int dtype, uintptr_t scale, uintptr_t model, uintptr_t target, uintptr_t weight,
-                                       uintptr_t grad, int64_t samples, int64_t segments, const Sizes& sizes,
-                                       const StrideList& strides) {
-  return dpo_args(dtype, {model, grad, target, weight, scale}, samples, segments, 0, 0, sizes, strides);
+                                       uintptr_t grad, int64_t samples, int64_t segments, int64_t chunk,
+                                       const Sizes& sizes, const StrideList& strides) {
+  return dpo_args(dtype, {model, grad, target, weight, scale}, samples, segments, 0, chunk, sizes, strides);
 }
 
 }  // namespace
@@ -47,9 +47,9 @@ void bind_diffusion_dpo_loss(py::module_& m) {
   m.def(
       "diffusion_dpo_loss_backward_cpu",
       [](int dtype, uintptr_t scale, uintptr_t model, uintptr_t target, uintptr_t weight, uintptr_t grad,
-         int64_t samples, int64_t segments, const Sizes& sizes, const StrideList& strides) {
+         int64_t samples, int64_t segments, int64_t chunk, const Sizes& sizes, const StrideList& strides) {
         diffusion_dpo_loss_backward_cpu(
-            dpo_backward_args(dtype, scale, model, target, weight, grad, samples, segments, sizes, strides));
+            dpo_backward_args(dtype, scale, model, target, weight, grad, samples, segments, chunk, sizes, strides));
       },
       py::call_guard<py::gil_scoped_release>());
 #ifdef VGPA_WITH_CUDA
@@ -64,9 +64,11 @@ void bind_diffusion_dpo_loss(py::module_& m) {
         });
   m.def("diffusion_dpo_loss_backward_cuda",
         [](int dtype, uintptr_t scale, uintptr_t model, uintptr_t target, uintptr_t weight, uintptr_t grad,
-           int64_t samples, int64_t segments, const Sizes& sizes, const StrideList& strides, uintptr_t stream) {
+           int64_t samples, int64_t segments, int64_t chunk, const Sizes& sizes, const StrideList& strides,
+           uintptr_t stream) {
           diffusion_dpo_loss_backward_cuda(
-              dpo_backward_args(dtype, scale, model, target, weight, grad, samples, segments, sizes, strides), stream);
+              dpo_backward_args(dtype, scale, model, target, weight, grad, samples, segments, chunk, sizes, strides),
+              stream);
         });
 #endif
 }

@@ -13,8 +13,12 @@ BLOCK = 1024
 
 
 @triton.jit
-def _segment_element_offsets(e, f0, A, B, C, sN, sF, sA, sB, sC, n):
-    """Memory offset of element e (frame-major) of the segment starting at frame f0."""
+def _segment_element_offsets(e, f0, A, B, C, sN, sF, sA, sB, sC, n, SINGLE_ROW: tl.constexpr):
+    """Memory offset of element e (frame-major) of the segment starting at frame f0.
+    SINGLE_ROW: every sample is one row (F = A = B = 1, e.g. contiguous latents without
+    segments), so no division is needed."""
+    if SINGLE_ROW:
+        return n * sN + e * sC
     inner = A * B * C
     f = f0 + e // inner
     rem = e % inner
@@ -42,7 +46,8 @@ def diffusion_dpo_loss_forward_kernel(
     m_ptr, r_ptr, t_ptr, w_ptr, part_ptr, S, chunks, F, A, B, C,
     smN, smF, smA, smB, smC, srN, srF, srA, srB, srC,
     stN, stF, stA, stB, stC, swN, swF, swA, swB, swC,
-    ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, SINGLE_ROW: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     chunk = tl.program_id(0)
     ns = tl.program_id(1)
@@ -54,16 +59,16 @@ def diffusion_dpo_loss_forward_kernel(
     for i in range(0, CHUNK, BLOCK):
         e = start + i + tl.arange(0, BLOCK)
         mask = e < seg_len
-        m = tl.load(m_ptr + _segment_element_offsets(e, f0, A, B, C, smN, smF, smA, smB, smC, n),
+        m = tl.load(m_ptr + _segment_element_offsets(e, f0, A, B, C, smN, smF, smA, smB, smC, n, SINGLE_ROW),
                     mask=mask, other=0.0).to(ACC)
-        r = tl.load(r_ptr + _segment_element_offsets(e, f0, A, B, C, srN, srF, srA, srB, srC, n),
+        r = tl.load(r_ptr + _segment_element_offsets(e, f0, A, B, C, srN, srF, srA, srB, srC, n, SINGLE_ROW),
                     mask=mask, other=0.0).to(ACC)
-        t = tl.load(t_ptr + _segment_element_offsets(e, f0, A, B, C, stN, stF, stA, stB, stC, n),
+        t = tl.load(t_ptr + _segment_element_offsets(e, f0, A, B, C, stN, stF, stA, stB, stC, n, SINGLE_ROW),
                     mask=mask, other=0.0).to(ACC)
         dm = m - t
         dr = r - t
         if HAS_WEIGHT:
-            w = tl.load(w_ptr + _segment_element_offsets(e, f0, A, B, C, swN, swF, swA, swB, swC, n),
+            w = tl.load(w_ptr + _segment_element_offsets(e, f0, A, B, C, swN, swF, swA, swB, swC, n, SINGLE_ROW),
                         mask=mask, other=0.0).to(ACC)
             acc_m += w * dm * dm
             acc_r += w * dr * dr
@@ -82,27 +87,32 @@ def diffusion_dpo_loss_backward_kernel(
     scale_ptr, m_ptr, t_ptr, w_ptr, g_ptr, S, F, A, B, C,
     smN, smF, smA, smB, smC, sgN, sgF, sgA, sgB, sgC,
     stN, stF, stA, stB, stC, swN, swF, swA, swB, swC,
-    ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr,
+    ACC: tl.constexpr, HAS_WEIGHT: tl.constexpr, SINGLE_ROW: tl.constexpr, BLOCK: tl.constexpr,
 ):
     ns = tl.program_id(1)
     n, f0, seg_len = _segment_span(ns, S, F, A, B, C)
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = e < seg_len
     scale = tl.load(scale_ptr + ns)
-    m = tl.load(m_ptr + _segment_element_offsets(e, f0, A, B, C, smN, smF, smA, smB, smC, n),
+    m = tl.load(m_ptr + _segment_element_offsets(e, f0, A, B, C, smN, smF, smA, smB, smC, n, SINGLE_ROW),
                 mask=mask, other=0.0).to(ACC)
-    t = tl.load(t_ptr + _segment_element_offsets(e, f0, A, B, C, stN, stF, stA, stB, stC, n),
+    t = tl.load(t_ptr + _segment_element_offsets(e, f0, A, B, C, stN, stF, stA, stB, stC, n, SINGLE_ROW),
                 mask=mask, other=0.0).to(ACC)
     g = scale * (m - t)
     if HAS_WEIGHT:
-        g *= tl.load(w_ptr + _segment_element_offsets(e, f0, A, B, C, swN, swF, swA, swB, swC, n),
+        g *= tl.load(w_ptr + _segment_element_offsets(e, f0, A, B, C, swN, swF, swA, swB, swC, n, SINGLE_ROW),
                      mask=mask, other=0.0).to(ACC)
-    g_off = _segment_element_offsets(e, f0, A, B, C, sgN, sgF, sgA, sgB, sgC, n)
+    g_off = _segment_element_offsets(e, f0, A, B, C, sgN, sgF, sgA, sgB, sgC, n, SINGLE_ROW)
     tl.store(g_ptr + g_off, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
 def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _single_row(sizes):
+    frames, a, b, _ = sizes
+    return frames == 1 and a == 1 and b == 1
 
 
 def diffusion_dpo_loss_forward(m, r, t, w, partials, sizes, strides, segments, chunk):
@@ -112,7 +122,8 @@ def diffusion_dpo_loss_forward(m, r, t, w, partials, sizes, strides, segments, c
     diffusion_dpo_loss_forward_kernel[grid](
         m, r, t, m if w is None else w, partials, segments, chunks, *sizes,
         *strides[0], *strides[1], *strides[2], *strides[3],
-        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, CHUNK=chunk, BLOCK=min(BLOCK, chunk),
+        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, SINGLE_ROW=_single_row(sizes), CHUNK=chunk,
+        BLOCK=min(BLOCK, chunk),
     )
 
 
@@ -125,5 +136,5 @@ def diffusion_dpo_loss_backward(scale, m, t, w, g, sizes, strides, segments):
     diffusion_dpo_loss_backward_kernel[grid](
         scale, m, t, m if w is None else w, g, segments, *sizes,
         *strides[0], *strides[1], *strides[2], *strides[3],
-        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, BLOCK=BLOCK,
+        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, SINGLE_ROW=_single_row(sizes), BLOCK=BLOCK,
     )

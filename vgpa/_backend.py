@@ -103,6 +103,9 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
 
 
+# Host-side logic with a constant answer: torch.compile evaluates it once while tracing
+# instead of tracing into the import machinery.
+@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, op: str) -> str:
     """Map the user's ``backend`` argument to a backend that runs on ``device`` or raise."""
     if not isinstance(backend, str):

@@ -22,7 +22,8 @@ from ..reference import diffusion_dpo_loss as reference
 OP = "diffusion_dpo_loss"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-# Elements reduced into one partial sum, per backend: fixed, so sums are bitwise reproducible.
+# Elements per partial sum (forward) and per program (backward), per backend: fixed, so sums
+# are bitwise reproducible.
 CHUNK = {"cpu": 8192, "cuda": 4096, "triton": 4096}
 
 
@@ -131,7 +132,7 @@ def _grad_kernel(backend, scale, model_pred, target, weight, segments, frame_dim
     else:
         ext = _backend.extension()
         args = (_backend.dtype_code(m.dtype), scale.data_ptr(), m.data_ptr(), t.data_ptr(),
-                0 if w is None else w.data_ptr(), g.data_ptr(), n, segments, list(sizes),
+                0 if w is None else w.data_ptr(), g.data_ptr(), n, segments, CHUNK[backend], list(sizes),
                 [list(s) for s in strides])
         if backend == "cuda":
             ext.diffusion_dpo_loss_backward_cuda(*args, _backend.cuda_stream(m.device))
