@@ -277,9 +277,9 @@ def _check_inputs(model_pred, ref_pred, target, beta, loss_type, label_smoothing
         if pair_weight.device != model_pred.device:
             raise ValueError(f"{OP}: pair_weight is on {pair_weight.device} but model_pred is on "
                              f"{model_pred.device}")
-        if not torch.compiler.is_compiling():
-            if not bool(torch.isfinite(pair_weight).all()) or bool((pair_weight < 0).any()) \
-                    or not bool(pair_weight.sum() > 0):
+        if not torch.compiler.is_compiling():  # one small read-back
+            ok = (torch.isfinite(pair_weight) & (pair_weight >= 0)).all() & (pair_weight.sum() > 0)
+            if not bool(ok):
                 raise ValueError(f"{OP}: pair_weight must be finite, >= 0 and sum to > 0")
 
 
