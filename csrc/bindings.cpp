@@ -19,4 +19,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   vgpa::bind_diffusion_dpo_loss(m);
+  vgpa::bind_reprojection_error(m);
 }

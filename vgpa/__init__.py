@@ -2,6 +2,8 @@
 
 from ._backend import BACKENDS, BackendUnavailableError, available_backends
 from .ops.diffusion_dpo_loss import DiffusionDPOLoss, DiffusionDPOLossResult, diffusion_dpo_loss
+from .ops.reprojection_error import ReprojectionErrorResult, reprojection_error, unproject_depth
+from .pairs import adjacent_pairs, all_pairs, window_pairs
 
 __version__ = "0.1.0"
 
@@ -10,6 +12,12 @@ __all__ = [
     "BackendUnavailableError",
     "DiffusionDPOLoss",
     "DiffusionDPOLossResult",
+    "ReprojectionErrorResult",
+    "adjacent_pairs",
+    "all_pairs",
     "available_backends",
     "diffusion_dpo_loss",
+    "reprojection_error",
+    "unproject_depth",
+    "window_pairs",
 ]

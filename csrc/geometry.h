@@ -1,0 +1,121 @@
+// Pinhole-camera warp math shared by the geometry ops (DESIGN 2, 3.1, 3.2), on the host
+// (C++/OpenMP twins) and on the device (CUDA). Conventions: pixel centres at integer (u, v),
+// u = column, v = row; OpenCV camera (x right, y down, z forward); matrices row-major.
+#pragma once
+
+#include <cmath>
+
+#include "common.h"
+
+namespace vgpa {
+
+template <typename A>
+VGPA_HD A floor_of(A x) {
+#ifdef __CUDA_ARCH__
+  return floor(x);
+#else
+  return std::floor(x);
+#endif
+}
+
+template <typename A>
+struct Vec3 {
+  A x, y, z;
+};
+
+// Finite and > 0. Written with comparisons only so it holds for NaN and +-inf on every
+// compiler (no std::isfinite on the device).
+template <typename A>
+VGPA_HD bool depth_is_valid(A z) {
+  return z > A(0) && z - z == A(0);
+}
+
+// X = z K^-1 [u, v, 1]^T (kinv: 3x3).
+template <typename A>
+VGPA_HD Vec3<A> unproject(const A* kinv, A u, A v, A z) {
+  return {z * (kinv[0] * u + kinv[1] * v + kinv[2]), z * (kinv[3] * u + kinv[4] * v + kinv[5]),
+          z * (kinv[6] * u + kinv[7] * v + kinv[8])};
+}
+
+// Y = R X + t (rt: 3x4 [R | t]).
+template <typename A>
+VGPA_HD Vec3<A> rigid_transform(const A* rt, Vec3<A> p) {
+  return {rt[0] * p.x + rt[1] * p.y + rt[2] * p.z + rt[3], rt[4] * p.x + rt[5] * p.y + rt[6] * p.z + rt[7],
+          rt[8] * p.x + rt[9] * p.y + rt[10] * p.z + rt[11]};
+}
+
+// (u, v) = (K Y)_xy / Y_z (k: 3x3); the caller checks Y_z > 0.
+template <typename A>
+VGPA_HD void project(const A* k, Vec3<A> y, A& u, A& v) {
+  u = (k[0] * y.x + k[1] * y.y + k[2] * y.z) / y.z;
+  v = (k[3] * y.x + k[4] * y.y + k[5] * y.z) / y.z;
+}
+
+// A source pixel (u, v) with depth z warped into the target camera, and the derivatives of
+// the target depth and coordinates with respect to z.
+template <typename A>
+struct PixelWarp {
+  A depth, u, v;                 // z' and (u', v')
+  A ddepth_dz, du_dz, dv_dz;
+};
+
+// The pair matrix pm (3x4, built by vgpa.reference.geometry.pair_projection) folds
+// K_j [R_ji | t_ji] diag(K_i^-1, 1): rows 0-1 give the target pixel numerators, row 2 the
+// target depth. With q = pm [u, v, 1, 1/z]: z' = z q_z, (u', v') = q_xy / q_z. Dividing by z
+// first keeps identical cameras exact: pm = [I | 0] maps every pixel onto itself.
+template <typename A>
+VGPA_HD PixelWarp<A> warp_pixel(const A* pm, A u, A v, A z) {
+  const A inv_z = A(1) / z;
+  const A qx = pm[0] * u + pm[1] * v + pm[2] + pm[3] * inv_z;
+  const A qy = pm[4] * u + pm[5] * v + pm[6] + pm[7] * inv_z;
+  const A qz = pm[8] * u + pm[9] * v + pm[10] + pm[11] * inv_z;
+  PixelWarp<A> w;
+  w.depth = z * qz;
+  w.u = qx / qz;
+  w.v = qy / qz;
+  // dq/dz = -pm[:, 3] / z^2
+  const A inv_z2 = inv_z * inv_z;
+  const A dqx = -pm[3] * inv_z2, dqy = -pm[7] * inv_z2, dqz = -pm[11] * inv_z2;
+  w.ddepth_dz = pm[8] * u + pm[9] * v + pm[10];
+  w.du_dz = (dqx - w.u * dqz) / qz;
+  w.dv_dz = (dqy - w.v * dqz) / qz;
+  return w;
+}
+
+// Target pixel inside the image: "strict" 0 <= u <= W-1 (every used tap in the image),
+// "zeros" 0 <= u < W (grid_sample, align_corners=True, zero padding). False for NaN.
+template <typename A>
+VGPA_HD bool inside_image(A u, A v, int64_t height, int64_t width, bool strict) {
+  if (strict) return u >= A(0) && u <= A(width - 1) && v >= A(0) && v <= A(height - 1);
+  return u >= A(0) && u < A(width) && v >= A(0) && v < A(height);
+}
+
+// The four bilinear taps around (u, v), tap k = (x0 + (k & 1), y0 + (k >> 1)). A tap is used
+// when it lies in the image and has a non-zero weight: unused taps are never read, so a
+// NaN next to the sample point cannot leak in through a zero weight.
+template <typename A>
+struct BilinearTaps {
+  int64_t x0, y0;
+  A wx, wy;
+
+  // (u, v) must be finite (checked with inside_image first).
+  VGPA_HD static BilinearTaps at(A u, A v) {
+    const A fu = floor_of(u), fv = floor_of(v);
+    return {static_cast<int64_t>(fu), static_cast<int64_t>(fv), u - fu, v - fv};
+  }
+  VGPA_HD int64_t x(int k) const { return x0 + (k & 1); }
+  VGPA_HD int64_t y(int k) const { return y0 + (k >> 1); }
+  VGPA_HD A weight(int k) const { return ((k & 1) ? wx : A(1) - wx) * ((k >> 1) ? wy : A(1) - wy); }
+  VGPA_HD bool used(int k, int64_t height, int64_t width) const {
+    const int64_t xk = x(k), yk = y(k);
+    return xk >= 0 && xk < width && yk >= 0 && yk < height && weight(k) != A(0);
+  }
+  // Bilinear value and its derivatives in u and v from the four tap values (0 when unused).
+  VGPA_HD A value(const A* t) const {
+    return weight(0) * t[0] + weight(1) * t[1] + weight(2) * t[2] + weight(3) * t[3];
+  }
+  VGPA_HD A d_du(const A* t) const { return (A(1) - wy) * (t[1] - t[0]) + wy * (t[3] - t[2]); }
+  VGPA_HD A d_dv(const A* t) const { return (A(1) - wx) * (t[2] - t[0]) + wx * (t[3] - t[1]); }
+};
+
+}  // namespace vgpa

@@ -1,0 +1,434 @@
+"""Fused depth-warp reprojection error (DESIGN 3.1), MVCS and depth unprojection.
+
+One launch scores every pair of every video: each source pixel is unprojected, moved into
+the target camera, projected, and compared with the bilinear sample of the target depth (or
+image), reduced per (video, pair) in fixed chunks whose partials are summed in a fixed order.
+Only the tiny per-pair camera matrices (B, P, 12) are built in torch before the launch
+(vgpa.reference.geometry.pair_projection); nothing of size (B, P, H, W, 3) is materialised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from ..pairs import adjacent_pairs
+from ..reference import geometry
+from ..reference import reprojection_error as reference
+
+OP = "reprojection_error"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+ERROR_CODES = {"abs_rel": 0, "abs": 1, "sq": 2, "log": 3, "photometric": 4}  # csrc ReprojectionErrorKind
+VALIDITY_MODES = reference.VALIDITY_MODES
+
+# Pixels reduced into one partial sum, per backend: fixed, so sums are bitwise reproducible.
+CHUNK = {"cpu": 4096, "cuda": 4096, "triton": 4096}
+
+
+@dataclass
+class ReprojectionErrorResult:
+    """Output of :func:`reprojection_error`.
+
+    error: (B, P) mean error over the valid pixels of each (video, pair), in float32 (float64
+    for float64 depth); 0 where the pair has no valid pixel. valid_count: (B, P) int64.
+    error_map: (B, P, H, W) per-pixel error, 0 where invalid, and valid_mask: (B, P, H, W)
+    bool, both only with ``return_map=True`` (None otherwise).
+    """
+
+    error: Tensor
+    valid_count: Tensor
+    error_map: Optional[Tensor] = None
+    valid_mask: Optional[Tensor] = None
+
+
+def _acc(dtype):
+    return reference.accumulation_dtype(dtype)
+
+
+def _empty_map(depth):
+    return depth.new_empty((0,), dtype=_acc(depth.dtype)), depth.new_empty((0,), dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend implementations
+
+
+def _kernel_pointers(depth, image, pair_matrices, pair_frames, **named):
+    """The 11 raw addresses the C++ bindings take, in their order (0 for absent tensors)."""
+    order = ("partials", "error_map", "valid_mask", "grad_error", "grad_map", "grad_depth", "grad_image")
+    tensors = [depth, image, pair_matrices, pair_frames] + [named.get(k) for k in order]
+    return [0 if t is None else t.data_ptr() for t in tensors]
+
+
+def _sizes(depth, image, pairs):
+    b, t, h, w = depth.shape
+    return [b, pairs.shape[0], t, h, w, 1 if image is None else image.shape[2]]
+
+
+def _image_strides(image):
+    return [0] * 5 if image is None else list(image.stride())
+
+
+def _forward_kernel(backend, depth, image, pair_matrices, pairs, error, validity, occlusion_tol, return_map):
+    batch, frames, height, width = depth.shape
+    acc = _acc(depth.dtype)
+    rows = batch * pairs.shape[0]
+    # A frame smaller than a chunk gets a chunk of its size (rounded up to 256): still a pure
+    # function of the shape, so the partials stay reproducible.
+    chunk = min(CHUNK[backend], -(-height * width // 256) * 256)
+    chunks = -(-height * width // chunk)
+    partials = torch.empty((rows, chunks, 2), dtype=acc, device=depth.device)
+    error_map = valid_mask = None
+    if return_map:
+        error_map = torch.empty((batch, pairs.shape[0], height, width), dtype=acc, device=depth.device)
+        valid_mask = torch.empty(error_map.shape, dtype=torch.uint8, device=depth.device)
+    code, strict = ERROR_CODES[error], validity == "strict"
+    if backend == "triton":
+        from ..kernels.reprojection_error import reprojection_error_forward
+
+        reprojection_error_forward(depth, image, pair_matrices, pairs, partials, error_map, valid_mask, code,
+                                   strict, occlusion_tol, chunk)
+    else:
+        ext = _backend.extension()
+        args = (_backend.dtype_code(depth.dtype), _sizes(depth, image, pairs), code, strict,
+                occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
+                _kernel_pointers(depth, image, pair_matrices, pairs, partials=partials, error_map=error_map,
+                                 valid_mask=valid_mask),
+                list(depth.stride()), _image_strides(image), chunks, chunk)
+        if backend == "cuda":
+            ext.reprojection_error_forward_cuda(*args, _backend.cuda_stream(depth.device))
+        else:
+            ext.reprojection_error_forward_cpu(*args)
+    # Chunk counts are exact integers; sum them as integers so large frames stay exact.
+    count = partials[..., 1].to(torch.int64).sum(1)
+    mean = partials[..., 0].sum(1) / count.clamp_min(1).to(acc)
+    shape = (batch, pairs.shape[0])
+    if return_map:
+        return mean.view(shape), count.view(shape), error_map, valid_mask.view(torch.bool)
+    return (mean.view(shape), count.view(shape)) + _empty_map(depth)
+
+
+def _backward_kernel(backend, grad_error, grad_map, depth, image, pair_matrices, pairs, error, validity,
+                     occlusion_tol, need_depth, need_image):
+    acc = _acc(depth.dtype)
+    grad_depth = torch.zeros(depth.shape, dtype=acc, device=depth.device) if need_depth else None
+    grad_image = torch.zeros(image.shape, dtype=acc, device=depth.device) if need_image else None
+    code, strict = ERROR_CODES[error], validity == "strict"
+    if backend == "triton":
+        from ..kernels.reprojection_error import reprojection_error_backward
+
+        reprojection_error_backward(depth, image, pair_matrices, pairs, grad_error, grad_map, grad_depth, grad_image,
+                                    code, strict, occlusion_tol)
+    else:
+        ext = _backend.extension()
+        args = (_backend.dtype_code(depth.dtype), _sizes(depth, image, pairs), code, strict,
+                occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
+                _kernel_pointers(depth, image, pair_matrices, pairs, grad_error=grad_error, grad_map=grad_map,
+                                 grad_depth=grad_depth, grad_image=grad_image),
+                list(depth.stride()), _image_strides(image))
+        if backend == "cuda":
+            ext.reprojection_error_backward_cuda(*args, _backend.cuda_stream(depth.device))
+        else:
+            ext.reprojection_error_backward_cpu(*args)
+    return grad_depth, grad_image
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library registration: opaque to torch.compile, differentiable w.r.t. depth and image.
+
+
+@torch.library.custom_op("vgpa::reprojection_error", mutates_args=())
+def _reprojection_op(depth: Tensor, image: Optional[Tensor], intrinsics: Tensor, extrinsics: Tensor, pairs: Tensor,
+                     error: str, validity: str, occlusion_tol: Optional[float], return_map: bool,
+                     backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # The camera checks run here, eagerly, even inside a compiled graph.
+    pair_matrices = geometry.pair_projection(intrinsics, extrinsics, pairs).to(_acc(depth.dtype)).contiguous()
+    out = _forward_kernel(backend, depth, image, pair_matrices.view(-1, 12), pairs, error, validity,
+                          occlusion_tol, return_map)
+    return tuple(x.contiguous() for x in out) + (pair_matrices,)
+
+
+@_reprojection_op.register_fake
+def _(depth, image, intrinsics, extrinsics, pairs, error, validity, occlusion_tol, return_map, backend):
+    batch, _, height, width = depth.shape
+    acc = _acc(depth.dtype)
+    shape = (batch, pairs.shape[0])
+    if return_map:
+        maps = (depth.new_empty(shape + (height, width), dtype=acc),
+                depth.new_empty(shape + (height, width), dtype=torch.bool))
+    else:
+        maps = _empty_map(depth)
+    return (depth.new_empty(shape, dtype=acc), depth.new_empty(shape, dtype=torch.int64)) + maps + (
+        depth.new_empty(shape + (3, 4), dtype=acc),)
+
+
+@torch.library.custom_op("vgpa::reprojection_error_backward", mutates_args=())
+def _reprojection_backward_op(grad_error: Tensor, grad_map: Optional[Tensor], depth: Tensor, image: Optional[Tensor],
+                              intrinsics: Tensor, extrinsics: Tensor, pair_matrices: Tensor, pairs: Tensor,
+                              error: str, validity: str, occlusion_tol: Optional[float], need_depth: bool,
+                              need_image: bool, backend: str) -> tuple[Tensor, Tensor]:
+    gd, gi = _backward_kernel(backend, grad_error, grad_map, depth, image, pair_matrices.view(-1, 12), pairs,
+                              error, validity, occlusion_tol, need_depth, need_image)
+    gd = depth.new_empty((0,)) if gd is None else gd.to(depth.dtype)
+    gi = depth.new_empty((0,)) if gi is None else gi.to(image.dtype)
+    return gd, gi
+
+
+@_reprojection_backward_op.register_fake
+def _(grad_error, grad_map, depth, image, intrinsics, extrinsics, pair_matrices, pairs, error, validity,
+      occlusion_tol, need_depth, need_image, backend):
+    gd = torch.empty_like(depth, memory_format=torch.contiguous_format) if need_depth else depth.new_empty((0,))
+    gi = torch.empty_like(image, memory_format=torch.contiguous_format) if need_image else depth.new_empty((0,))
+    return gd, gi
+
+
+def _setup_context(ctx, inputs, output):
+    depth, image, intrinsics, extrinsics, pairs, error, validity, occlusion_tol, return_map, backend = inputs
+    _, count, _, _, pair_matrices = output
+    ctx.save_for_backward(depth, image, intrinsics, extrinsics, pairs, pair_matrices, count)
+    ctx.error, ctx.validity, ctx.occlusion_tol = error, validity, occlusion_tol
+    ctx.return_map, ctx.backend = return_map, backend
+
+
+def _backward(ctx, grad_mean, grad_count, grad_map, grad_mask, grad_matrices):
+    depth, image, intrinsics, extrinsics, pairs, pair_matrices, count = ctx.saved_tensors
+    need_depth, need_image = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_depth or need_image):
+        return (None,) * 10
+    acc = _acc(depth.dtype)
+    # d mean / d e(p) = 1 / count for every valid pixel p
+    if grad_mean is None:
+        grad_mean = torch.zeros(count.shape, dtype=acc, device=depth.device)
+    scaled = (grad_mean.to(acc) / count.clamp_min(1).to(acc)).contiguous().view(-1)
+    if not ctx.return_map or grad_map is None:
+        grad_map = None
+    else:
+        grad_map = grad_map.to(acc).contiguous()
+    gd, gi = _reprojection_backward_op(scaled, grad_map, depth, image, intrinsics, extrinsics, pair_matrices, pairs,
+                                       ctx.error, ctx.validity, ctx.occlusion_tol, need_depth, need_image,
+                                       ctx.backend)
+    return (gd if need_depth else None, gi if need_image else None) + (None,) * 8
+
+
+_reprojection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("vgpa::unproject_depth", mutates_args=())
+def _unproject_op(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    acc = _acc(depth.dtype)
+    ray_maps = geometry.frame_ray_maps(intrinsics, extrinsics).to(acc).contiguous()  # (B, T, 3, 4)
+    points = torch.empty(depth.shape + (3,), dtype=depth.dtype, device=depth.device)
+    maps = ray_maps.view(-1, 12)
+    if backend == "triton":
+        from ..kernels.reprojection_error import unproject_depth
+
+        unproject_depth(depth, maps, points)
+    else:
+        ext = _backend.extension()
+        args = (_backend.dtype_code(depth.dtype), list(depth.shape), depth.data_ptr(), list(depth.stride()),
+                maps.data_ptr(), points.data_ptr())
+        if backend == "cuda":
+            ext.unproject_depth_cuda(*args, _backend.cuda_stream(depth.device))
+        else:
+            ext.unproject_depth_cpu(*args)
+    return points, ray_maps
+
+
+@_unproject_op.register_fake
+def _(depth, intrinsics, extrinsics, backend):
+    acc = _acc(depth.dtype)
+    return (depth.new_empty(depth.shape + (3,)), depth.new_empty(depth.shape[:2] + (3, 4), dtype=acc))
+
+
+def _unproject_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.depth_shape, ctx.depth_dtype = inputs[0].shape, inputs[0].dtype
+
+
+def _unproject_backward(ctx, grad_points, grad_maps):
+    (ray_maps,) = ctx.saved_tensors
+    if grad_points is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    # d X / d z = M [u, v, 1]: grad_z = <grad, M [u, v, 1]> = (grad^T M) . [u, v, 1]
+    acc = ray_maps.dtype
+    height, width = ctx.depth_shape[-2:]
+    u, v = geometry.pixel_grid(height, width, dtype=acc, device=ray_maps.device)
+    pulled = torch.einsum("bthwk,btkl->bthwl", grad_points.to(acc), ray_maps[..., :3])
+    grad = pulled[..., 0] * u + pulled[..., 1] * v + pulled[..., 2]
+    return grad.to(ctx.depth_dtype), None, None, None
+
+
+_unproject_op.register_autograd(_unproject_backward, setup_context=_unproject_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def _check_tensor(name, x, ref=None):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{OP}: {name} must be a floating-point tensor, got dtype {x.dtype}")
+    if ref is not None and x.device != ref.device:
+        raise ValueError(f"{OP}: {name} is on {x.device} but depth is on {ref.device}")
+
+
+def _check_cameras(depth, intrinsics, extrinsics):
+    """Returns intrinsics (B, T, 3, 3) and extrinsics (B, T, 3|4, 4), expanded without copies."""
+    batch, frames = depth.shape[:2]
+    _check_tensor("intrinsics", intrinsics, depth)
+    _check_tensor("extrinsics", extrinsics, depth)
+    if intrinsics.shape == (batch, 3, 3):
+        intrinsics = intrinsics.unsqueeze(1).expand(batch, frames, 3, 3)
+    if intrinsics.shape != (batch, frames, 3, 3):
+        raise ValueError(f"{OP}: intrinsics must be (B, T, 3, 3) or (B, 3, 3) = ({batch}, {frames}, 3, 3) or "
+                         f"({batch}, 3, 3) for depth of shape {tuple(depth.shape)}; got {tuple(intrinsics.shape)}")
+    if extrinsics.shape not in ((batch, frames, 4, 4), (batch, frames, 3, 4)):
+        raise ValueError(f"{OP}: extrinsics must be (B, T, 4, 4) or (B, T, 3, 4) = ({batch}, {frames}, 4|3, 4) "
+                         f"for depth of shape {tuple(depth.shape)}; got {tuple(extrinsics.shape)}")
+    return intrinsics, extrinsics
+
+
+def _check_depth(depth, what="depth"):
+    _check_tensor(what, depth)
+    if depth.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{OP}: depth has dtype {depth.dtype}; expected one of {FLOAT_DTYPES}")
+    if depth.dim() != 4 or depth.numel() == 0:
+        raise ValueError(f"{OP}: depth must be a non-empty (B, T, H, W) tensor, got shape {tuple(depth.shape)}")
+
+
+def _check_pairs(pairs, frames, device):
+    checked = False
+    if pairs is None:
+        if frames < 2:
+            raise ValueError(f"{OP}: the default consecutive pairs need T >= 2 frames, got T = {frames}")
+        pairs, checked = adjacent_pairs(frames), True
+    if not isinstance(pairs, Tensor):
+        try:
+            pairs = torch.tensor(pairs, dtype=torch.int64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{OP}: pairs must be a (P, 2) integer tensor or a sequence of (i, j), got {pairs!r}") \
+                from exc
+    if pairs.dtype.is_floating_point or pairs.dtype.is_complex or pairs.dtype == torch.bool:
+        raise TypeError(f"{OP}: pairs must hold integer frame indices, got dtype {pairs.dtype}")
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+        raise ValueError(f"{OP}: pairs must have shape (P, 2) with P >= 1, got {tuple(pairs.shape)}")
+    if not checked and not torch.compiler.is_compiling():
+        low, high = int(pairs.min()), int(pairs.max())  # one tiny sync when pairs live on a GPU
+        if low < 0 or high >= frames:
+            raise ValueError(f"{OP}: pairs hold frame indices in [{low}, {high}] but depth has {frames} frames")
+    return pairs.to(device=device, dtype=torch.int64).contiguous()
+
+
+def _resolve_error(error, image):
+    if error is None:
+        return "abs_rel" if image is None else "photometric"
+    if image is None and error not in reference.DEPTH_ERRORS:
+        hint = " (the photometric error needs image=)" if error == "photometric" else ""
+        raise ValueError(f"{OP}: unknown error {error!r}{hint}; choose one of {reference.DEPTH_ERRORS}")
+    if image is not None and error != "photometric":
+        raise ValueError(f"{OP}: with image= the error is photometric; leave error=None or pass 'photometric' "
+                         f"(got {error!r})")
+    return error
+
+
+def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor,
+                       pairs: Union[Tensor, Sequence[Sequence[int]], None] = None, *, image: Optional[Tensor] = None,
+                       error: Optional[str] = None, validity: str = "strict", occlusion_tol: Optional[float] = None,
+                       return_map: bool = False, backend: str = "auto") -> ReprojectionErrorResult:
+    """Depth-warp reprojection error of every frame pair of every video (DESIGN 3.1).
+
+    depth: (B, T, H, W) z-depth (float32, float16, bfloat16 or float64; any strides); a depth
+    is valid iff finite and > 0, invalid pixels are excluded. intrinsics: (B, T, 3, 3) or
+    (B, 3, 3). extrinsics: world-to-camera (B, T, 4, 4) or (B, T, 3, 4). pairs: (P, 2)
+    (source i, target j) frame indices shared by the batch, default consecutive frames (see
+    vgpa.adjacent_pairs / window_pairs / all_pairs).
+    error: "abs_rel" |z'-d|/d (the default), "abs", "sq" or "log" |log z' - log d|, where z' is
+    the warped source depth and d the bilinear sample of the target depth; with ``image``
+    (B, T, C, H, W, same dtype as depth) the photometric error mean_c |I_i(p) - I_j(u', v')|.
+    validity: "strict" (the warped point and every used tap valid) or "zeros" (grid_sample
+    semantics with zero padding). occlusion_tol: drop pixels with z' > (1 + tol) d.
+    Pixels whose error is not finite (e.g. abs_rel against a sampled 0) are dropped too.
+
+    Returns :class:`ReprojectionErrorResult`; a pair without any valid pixel has error 0 and
+    valid_count 0 (so it does not turn a batch mean into NaN; weight by valid_count > 0).
+    Differentiable with respect to depth (through the source point and the bilinear sample of
+    the target) and image. The forward pass is bitwise deterministic on every backend; the
+    backward pass is deterministic on "cpu" and "torch", while "cuda" and "triton" scatter into
+    the gradient with floating-point atomics (results vary in the last bits run to run).
+    backend: "auto", "cuda", "triton", "cpu" or "torch". Raises ValueError for a singular K
+    (checked on the host: one tiny device sync per call).
+    """
+    _check_depth(depth)
+    batch, frames, height, width = depth.shape
+    intrinsics, extrinsics = _check_cameras(depth, intrinsics, extrinsics)
+    if image is not None:
+        _check_tensor("image", image, depth)
+        if image.dtype != depth.dtype:
+            raise TypeError(f"{OP}: image has dtype {image.dtype} but depth has {depth.dtype}; cast them to one dtype")
+        if image.dim() != 5 or image.shape[:2] != depth.shape[:2] or image.shape[3:] != depth.shape[2:] \
+                or image.shape[2] == 0:
+            raise ValueError(f"{OP}: image must be (B, T, C, H, W) = ({batch}, {frames}, C, {height}, {width}), "
+                             f"got {tuple(image.shape)}")
+    error = _resolve_error(error, image)
+    if validity not in VALIDITY_MODES:
+        raise ValueError(f"{OP}: unknown validity {validity!r}; choose one of {VALIDITY_MODES}")
+    if occlusion_tol is not None:
+        if isinstance(occlusion_tol, (bool, Tensor)) or not isinstance(occlusion_tol, (int, float)) \
+                or not math.isfinite(occlusion_tol) or occlusion_tol < 0:
+            raise ValueError(f"{OP}: occlusion_tol must be None or a finite number >= 0, got {occlusion_tol!r}")
+        occlusion_tol = float(occlusion_tol)
+    pairs = _check_pairs(pairs, frames, depth.device)
+    resolved = _backend.resolve(backend, depth.device, OP)
+    if resolved == "torch":  # the reference, differentiated by autograd
+        kind = "abs_rel" if error == "photometric" else error
+        mean, count, error_map, valid_mask = reference.reprojection_error(depth, intrinsics, extrinsics, pairs, image,
+                                                                          kind, validity, occlusion_tol)
+        if return_map:
+            return ReprojectionErrorResult(mean, count, error_map, valid_mask)
+        return ReprojectionErrorResult(mean, count)
+    mean, count, error_map, valid_mask, _ = _reprojection_op(depth, image, intrinsics, extrinsics, pairs, error,
+                                                             validity, occlusion_tol, bool(return_map), resolved)
+    if return_map:
+        return ReprojectionErrorResult(mean, count, error_map, valid_mask)
+    return ReprojectionErrorResult(mean, count)
+
+
+def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str = "auto") -> Tensor:
+    """VideoGPA's Multi-View Consistency Score (DESIGN 3.1), higher is better, in (0, 1].
+
+    Consecutive pairs (t, t+1), squared depth error, "zeros" validity, no occlusion test:
+    MVCS = exp(-mean over the pairs that have >= 1 valid pixel of the pair's mean error).
+    depth (T, H, W) with intrinsics (T, 3, 3) or (3, 3) and extrinsics (T, 4|3, 4) gives a
+    scalar; depth (B, T, H, W) with batched cameras gives (B,). A video where no pair has a
+    valid pixel scores NaN (undefined).
+    """
+    _check_tensor("depth", depth)
+    if depth.dim() == 3:
+        if intrinsics.dim() not in (2, 3) or extrinsics.dim() != 3:
+            raise ValueError(f"mvcs: for (T, H, W) depth pass intrinsics (T, 3, 3) or (3, 3) and extrinsics "
+                             f"(T, 4|3, 4); got {tuple(intrinsics.shape)} and {tuple(extrinsics.shape)}")
+        return mvcs(depth[None], intrinsics[None], extrinsics[None], backend)[0]
+    result = reprojection_error(depth, intrinsics, extrinsics, error="sq", validity="zeros", backend=backend)
+    has = result.valid_count > 0
+    mean = torch.where(has, result.error, 0).sum(1) / has.sum(1)
+    return torch.exp(-mean)
+
+
+def unproject_depth(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str = "auto") -> Tensor:
+    """World points X_w = E^-1 (z K^-1 [u, v, 1]^T) of every pixel, fused: depth (B, T, H, W),
+    intrinsics (B, T, 3, 3) or (B, 3, 3), extrinsics (B, T, 4|3, 4) -> (B, T, H, W, 3) in the
+    depth's dtype. Every pixel is unprojected as it is (mask invalid depths yourself).
+    Differentiable with respect to depth."""
+    _check_depth(depth)
+    intrinsics, extrinsics = _check_cameras(depth, intrinsics, extrinsics)
+    resolved = _backend.resolve(backend, depth.device, "unproject_depth")
+    if resolved == "torch":
+        return reference.unproject_depth(depth, intrinsics, extrinsics)
+    return _unproject_op(depth, intrinsics, extrinsics, resolved)[0]
