@@ -99,7 +99,7 @@ class BuildExtWithCuda(build_ext):
             obj_dir = os.path.join(self.build_temp, "cuda")
             os.makedirs(obj_dir, exist_ok=True)
             base = [
-                nvcc, "-c", "-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+                nvcc, "-c", "-O3", "-std=c++17", "-lineinfo",
                 "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "--threads", "2",
                 "-DVGPA_WITH_CUDA", f"-I{os.path.join(ROOT, 'csrc')}",
             ] + gencode_flags(ext.cuda_archs)

@@ -72,7 +72,7 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
             return f"backend 'cpu' runs on CPU tensors, these are on {device}"
         if extension() is None:
             return ("the compiled extension vgpa._C is not importable "
-                    f"({extension_error()}); reinstall with `pip install --no-build-isolation .`")
+                    f"({extension_error()}); reinstall the package (`pip install .`) where a C++ compiler is available")
         return None
     if backend == "cuda":
         if kind != "cuda":
@@ -80,7 +80,7 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
         ext = extension()
         if ext is None:
             return ("the compiled extension vgpa._C is not importable "
-                    f"({extension_error()}); reinstall with `pip install --no-build-isolation .`")
+                    f"({extension_error()}); reinstall the package (`pip install .`) where a C++ compiler is available")
         if not ext.with_cuda():
             return ("vgpa._C was built without CUDA (nvcc was not found at build time); "
                     "rebuild with nvcc on PATH and VGPA_BUILD_CUDA=1")
