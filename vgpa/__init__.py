@@ -2,8 +2,11 @@
 
 from ._backend import BACKENDS, BackendUnavailableError, available_backends
 from .ops.diffusion_dpo_loss import DiffusionDPOLoss, DiffusionDPOLossResult, diffusion_dpo_loss
+from .ops.point_cloud import PointCloud, point_cloud
 from .ops.reprojection_error import ReprojectionErrorResult, reprojection_error, unproject_depth
 from .pairs import adjacent_pairs, all_pairs, window_pairs
+from .ops.render_points import (RenderConsistencyResult, RenderPointsResult, render_consistency,
+                                render_points)
 
 __version__ = "0.1.0"
 
@@ -12,11 +15,17 @@ __all__ = [
     "BackendUnavailableError",
     "DiffusionDPOLoss",
     "DiffusionDPOLossResult",
+    "PointCloud",
+    "RenderConsistencyResult",
+    "RenderPointsResult",
     "ReprojectionErrorResult",
     "adjacent_pairs",
     "all_pairs",
     "available_backends",
     "diffusion_dpo_loss",
+    "point_cloud",
+    "render_consistency",
+    "render_points",
     "reprojection_error",
     "unproject_depth",
     "window_pairs",

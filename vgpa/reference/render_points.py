@@ -1,0 +1,212 @@
+"""Pure-PyTorch reference of the point-cloud re-render and its consistency (DESIGN 3.3): the
+oracle for every backend.
+
+Point clouds are flat: ``points`` (M, 3), ``colors`` (M, C) and per video ``offsets`` (B,) and
+``counts`` (B,) int64; video b owns rows ``offsets[b] : offsets[b] + counts[b]``. A packed cloud
+has ``offsets = cumsum(counts) - counts``; a padded (B, N, 3) cloud viewed as (B * N, 3) has
+``offsets[b] = b * N``. A point's index is its row within its video.
+
+Projection into frame t uses three rows per frame (``projection_rows``):
+``P0 = (K [R | t])_0``, ``P1 = (K [R | t])_1`` and ``Z = [R | t]_2``, so that
+
+    z = ((Z0 x + Z1 y) + Z2 z) + Z3,  u = rint(((P00 x + P01 y) + P02 z) + P03) / z),  v likewise
+
+with one rounding per operation in exactly this order (no fused multiply-add) and rint
+rounding half to even. Every backend evaluates the same expression in the same order, so
+pixel assignments agree bitwise. A point lands iff its coordinates are finite, z is finite and
+> 0, and 0 <= u < W, 0 <= v < H. Each pixel keeps the landed point with the smallest
+key = (float32 bits of z) << 32 | index: the nearest point, ties (equal float32 z) to the
+smallest index. Non-negative float bits order like integers, so one int64 minimum is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Key of a pixel no point landed on; every real key is smaller (the float32 bits of a finite
+# z > 0 are below 0x7f800000).
+EMPTY_KEY = 2**63 - 1
+INDEX_BITS = 32
+INDEX_MASK = (1 << INDEX_BITS) - 1
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def homogeneous_extrinsics(extrinsics: Tensor) -> Tensor:
+    """(..., 3, 4) or (..., 4, 4) world-to-camera -> (..., 4, 4)."""
+    if extrinsics.shape[-2] == 4:
+        return extrinsics
+    bottom = torch.zeros(extrinsics.shape[:-2] + (1, 4), dtype=extrinsics.dtype, device=extrinsics.device)
+    bottom[..., 0, 3] = 1
+    return torch.cat([extrinsics, bottom], dim=-2)
+
+
+def projection_rows(intrinsics: Tensor, extrinsics: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T, 12) rows [P0 | P1 | Z] in ``dtype`` from K (B, T, 3, 3) and E (B, T, 3|4, 4).
+
+    Computed in float64 with explicit elementwise products (no matmul, whose summation order
+    varies by device and library), then rounded once to ``dtype``.
+    """
+    k = intrinsics.to(torch.float64)
+    rt = extrinsics[..., :3, :].to(torch.float64)  # (B, T, 3, 4)
+    rows = []
+    for i in range(2):
+        rows.append(k[..., i, 0, None] * rt[..., 0, :] + k[..., i, 1, None] * rt[..., 1, :]
+                    + k[..., i, 2, None] * rt[..., 2, :])
+    rows.append(rt[..., 2, :])
+    return torch.cat(rows, dim=-1).to(dtype).contiguous()
+
+
+def _row_dot(row: Tensor, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """((r0 x + r1 y) + r2 z) + r3, rows (T, 4) against points (n,) -> (T, n)."""
+    return row[:, 0:1] * x + row[:, 1:2] * y + row[:, 2:3] * z + row[:, 3:4]
+
+
+def project(points: Tensor, rows: Tensor, height: int, width: int):
+    """Points (n, 3) into T frames with rows (T, 12).
+
+    Returns (z, lands, pixel), each (T, n): camera depth, whether the point lands, and its
+    pixel v * W + u (meaningful where it lands).
+    """
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    depth = _row_dot(rows[:, 8:12], x, y, z)
+    u = torch.round(_row_dot(rows[:, 0:4], x, y, z) / depth)  # torch.round: half to even
+    v = torch.round(_row_dot(rows[:, 4:8], x, y, z) / depth)
+    finite_point = torch.isfinite(points).all(dim=1)
+    lands = (finite_point & torch.isfinite(depth) & (depth > 0)
+             & (u >= 0) & (u < width) & (v >= 0) & (v < height))
+    # Convert only landed coordinates (NaN and huge values do not fit an integer).
+    zero = torch.zeros_like(u)
+    pixel = torch.where(lands, v, zero).to(torch.int64) * width + torch.where(lands, u, zero).to(torch.int64)
+    return depth, lands, pixel
+
+
+def depth_keys(depth: Tensor, index: Tensor) -> Tensor:
+    """(float32 bits of depth) << 32 | index, int64; depth must be > 0 where used."""
+    bits = depth.to(torch.float32).view(torch.int32).to(torch.int64)
+    return (bits << INDEX_BITS) | index
+
+
+def zbuffer(points: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor, height: int, width: int) -> Tensor:
+    """(B, T, H, W) int64 keys: per pixel the smallest key among the points that land there,
+    ``EMPTY_KEY`` where none does (scatter_reduce with amin: an integer minimum, exact)."""
+    videos, frames = rows.shape[:2]
+    hw = height * width
+    keys = torch.full((videos, frames, hw + 1), EMPTY_KEY, dtype=torch.int64, device=points.device)
+    for b in range(videos):
+        start, count = int(offsets[b]), int(counts[b])
+        cloud = points[start:start + count]
+        depth, lands, pixel = project(cloud, rows[b], height, width)
+        index = torch.arange(count, dtype=torch.int64, device=points.device)
+        # Points that do not land go to the spare slot hw, dropped below.
+        target = torch.where(lands, pixel, torch.full_like(pixel, hw))
+        key = torch.where(lands, depth_keys(torch.where(lands, depth, torch.ones_like(depth)), index),
+                          torch.full_like(pixel, EMPTY_KEY))
+        keys[b].scatter_reduce_(1, target, key, reduce="amin")
+    return keys[..., :hw].reshape(videos, frames, height, width)
+
+
+def resolve(keys: Tensor, points: Tensor, colors: Tensor, offsets: Tensor, rows: Tensor, background: Tensor):
+    """Image (B, T, C, H, W), depth (B, T, H, W) and coverage (B, T, H, W) from the keys."""
+    videos, frames, height, width = keys.shape
+    channels = colors.shape[1]
+    covered = keys != EMPTY_KEY
+    if points.shape[0] == 0:  # nothing to gather from
+        image = background.view(1, 1, channels, 1, 1).expand(videos, frames, channels, height, width)
+        return image.contiguous(), torch.zeros(keys.shape, dtype=points.dtype, device=keys.device), covered
+    index = torch.where(covered, keys & INDEX_MASK, torch.zeros_like(keys))
+    winner = (offsets.view(-1, 1, 1, 1) + index).reshape(-1)  # row in the flat cloud
+    p = points[winner].view(videos, frames, height * width, 3)
+    z_row = rows[..., 8:12]  # (B, T, 4)
+    depth = (z_row[..., 0:1] * p[..., 0] + z_row[..., 1:2] * p[..., 1] + z_row[..., 2:3] * p[..., 2]
+             + z_row[..., 3:4]).view(videos, frames, height, width)
+    depth = torch.where(covered, depth, torch.zeros_like(depth))
+    color = colors[winner].view(videos, frames, height, width, channels).permute(0, 1, 4, 2, 3)
+    image = torch.where(covered[:, :, None], color, background.view(1, 1, channels, 1, 1))
+    return image.contiguous(), depth, covered
+
+
+def render_points(points: Tensor, colors: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor,
+                  height: int, width: int, background: Tensor):
+    """(image, depth, coverage) of the flat cloud rendered into every frame (module docstring)."""
+    keys = zbuffer(points, offsets, counts, rows, height, width)
+    return resolve(keys, points, colors, offsets, rows, background)
+
+
+def render_consistency(points: Tensor, colors: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor,
+                       frames: Tensor, background: Tensor, masked: bool = False):
+    """(mse, coverage), each (B, T): mean over pixels and channels of (render - frame)^2 (empty
+    pixels hold the background and count, as in VideoGPA), or with ``masked`` the mean over
+    covered pixels only (NaN for a frame with none); coverage is the covered fraction."""
+    height, width = frames.shape[-2:]
+    image, _, covered = render_points(points, colors.to(frames.dtype), offsets, counts, rows, height, width,
+                                      background.to(frames.dtype))
+    acc = accumulation_dtype(frames.dtype)
+    err = (image.to(acc) - frames.to(acc)).square().sum(2)  # (B, T, H, W)
+    n_covered = covered.sum((2, 3))
+    if masked:
+        err = torch.where(covered, err, torch.zeros_like(err))
+        mse = err.sum((2, 3)) / (n_covered.to(acc) * frames.shape[2])
+    else:
+        mse = err.sum((2, 3)) / (height * width * frames.shape[2])
+    return mse, n_covered.to(acc) / (height * width)
+
+
+# --------------------------------------------------------------------------------------------
+# Point cloud from depth (the unprojection is plain torch: it is not a kernel of this op)
+
+
+def unproject(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
+    """World points (B, T, H, W, 3): X_w = E^-1 (z K^-1 [u, v, 1]^T), pixel centres at integers.
+
+    Computed in float64 for float64 depth, else float32; K and E are inverted in float64.
+    """
+    acc = accumulation_dtype(depth.dtype)
+    height, width = depth.shape[-2:]
+    k_inv = torch.linalg.inv(intrinsics.to(torch.float64)).to(acc)  # (B, T, 3, 3)
+    cam_to_world = torch.linalg.inv(homogeneous_extrinsics(extrinsics).to(torch.float64)).to(acc)
+    v, u = torch.meshgrid(torch.arange(height, dtype=acc, device=depth.device),
+                          torch.arange(width, dtype=acc, device=depth.device), indexing="ij")
+    pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # (H, W, 3)
+    rays = torch.einsum("btij,hwj->bthwi", k_inv, pixels)
+    camera = rays * depth.to(acc)[..., None]
+    rotation, translation = cam_to_world[..., :3, :3], cam_to_world[..., :3, 3]
+    return torch.einsum("btij,bthwj->bthwi", rotation, camera) + translation[:, :, None, None, :]
+
+
+def confidence_keep_count(valid_count: int, conf_threshold: float) -> int:
+    """ceil(N (1 - c / 100)) evaluated exactly on the decimal value the caller wrote for c."""
+    from fractions import Fraction
+
+    if conf_threshold <= 0:
+        return valid_count
+    keep = Fraction(valid_count) * (100 - Fraction(repr(float(conf_threshold)))) / 100
+    return -((-keep.numerator) // keep.denominator)
+
+
+def point_cloud_selection(depth: Tensor, conf: Tensor | None, conf_threshold: float) -> list[Tensor]:
+    """Per video, the flat pixel indices (t, v, u order, ascending) that become points.
+
+    A pixel qualifies when its depth is finite and > 0 and, with ``conf``, its confidence is
+    finite and > 1e-5. With ``conf_threshold`` c > 0 the ceil(N (1 - c / 100)) qualifying
+    pixels of highest confidence are kept; equal confidences go to the earlier pixel.
+    """
+    videos = depth.shape[0]
+    flat_depth = depth.reshape(videos, -1)
+    valid = torch.isfinite(flat_depth) & (flat_depth > 0)
+    if conf is not None:
+        flat_conf = conf.reshape(videos, -1)
+        valid &= torch.isfinite(flat_conf) & (flat_conf > 1e-5)
+    selection = []
+    for b in range(videos):
+        index = valid[b].nonzero().squeeze(1)
+        if conf is not None and conf_threshold > 0:
+            keep = confidence_keep_count(index.numel(), conf_threshold)
+            # Stable descending sort: among equal confidences the earlier pixel comes first.
+            order = torch.sort(flat_conf[b, index], descending=True, stable=True).indices[:keep]
+            index = index[order].sort().values
+        selection.append(index)
+    return selection
