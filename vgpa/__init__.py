@@ -2,6 +2,8 @@
 
 from ._backend import BACKENDS, BackendUnavailableError, available_backends
 from .ops.diffusion_dpo_loss import DiffusionDPOLoss, DiffusionDPOLossResult, diffusion_dpo_loss
+from .ops.normal_stability import (DepthToNormalsResult, NormalStabilityResult, depth_to_normals,
+                                   normal_stability)
 from .ops.point_cloud import PointCloud, point_cloud
 from .ops.reprojection_error import ReprojectionErrorResult, reprojection_error, unproject_depth
 from .pairs import adjacent_pairs, all_pairs, window_pairs
@@ -13,8 +15,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "DepthToNormalsResult",
     "DiffusionDPOLoss",
     "DiffusionDPOLossResult",
+    "NormalStabilityResult",
     "PointCloud",
     "RenderConsistencyResult",
     "RenderPointsResult",
@@ -22,7 +26,9 @@ __all__ = [
     "adjacent_pairs",
     "all_pairs",
     "available_backends",
+    "depth_to_normals",
     "diffusion_dpo_loss",
+    "normal_stability",
     "point_cloud",
     "render_consistency",
     "render_points",

@@ -1,0 +1,165 @@
+// CUDA kernels of depth-to-normals and of the normal-stability error; the per-pixel math is in
+// normal_stability.h and geometry.h.
+#include <cuda_runtime.h>
+
+#include "cuda_utils.cuh"
+#include "normal_stability.h"
+
+namespace vgpa {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) depth_to_normals_kernel(NormalStabilityArgs a) {
+  using A = typename Acc<T>::type;
+  const int64_t total = a.batch * a.frames * a.pixels();
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < total; e += stride) {
+    const int64_t x = e % a.width, rest = e / a.width;
+    depth_to_normals_pixel<T, A>(a, rest / a.height, rest % a.height, x);
+  }
+}
+
+// A gather over the four neighbours of each pixel: no atomics, deterministic.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) depth_to_normals_backward_kernel(NormalStabilityArgs a) {
+  using A = typename Acc<T>::type;
+  const int64_t total = a.batch * a.frames * a.pixels();
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  A* grad_depth = reinterpret_cast<A*>(a.grad_depth);
+  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < total; e += stride) {
+    const int64_t x = e % a.width, rest = e / a.width, frame = rest / a.height;
+    grad_depth[e] = depth_to_normals_grad_pixel<T, A>(a, frame / a.frames, frame % a.frames, x, rest % a.height);
+  }
+}
+
+// One block reduces one fixed chunk of one (video, pair) into one partial (error sum, valid
+// count) with a fixed-order block reduction: bitwise reproducible.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) normal_stability_forward_kernel(NormalStabilityArgs a) {
+  using A = typename Acc<T>::type;
+  const int64_t job = blockIdx.x, row = job / a.chunks, begin = (job % a.chunks) * a.chunk;
+  const int64_t b = row / a.pairs, p = row % a.pairs, pixels = a.pixels();
+  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
+  const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
+  A rot[9], pm[12];
+  for (int k = 0; k < 9; ++k) rot[k] = reinterpret_cast<const A*>(a.rotations)[row * 9 + k];
+  for (int k = 0; k < 12; ++k) pm[k] = reinterpret_cast<const A*>(a.pair_matrices)[row * 12 + k];
+  A* error_map = reinterpret_cast<A*>(a.error_map);
+  uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
+  const int64_t end = min(begin + a.chunk, pixels);
+
+  A sum = 0, count = 0;
+  NormalPairPixel<A> px;
+  for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
+    const bool valid = normal_stability_pixel<T, A>(a, b, i, j, rot, pm, e / a.width, e % a.width, px);
+    if (valid) {
+      sum += px.error;
+      count += A(1);
+    }
+    if (error_map) {
+      error_map[row * pixels + e] = valid ? px.error : A(0);
+      valid_mask[row * pixels + e] = valid;
+    }
+  }
+  sum = block_sum<kThreads>(sum);
+  count = block_sum<kThreads>(count);
+  if (threadIdx.x == 0) {
+    A* out = reinterpret_cast<A*>(a.partials) + job * 2;
+    out[0] = sum;
+    out[1] = count;
+  }
+}
+
+// d loss / d normal, scattered with floating-point atomics: exact up to the order of the
+// additions, which is not fixed (the op's docstring says so).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) normal_stability_backward_kernel(NormalStabilityArgs a,
+                                                                             int64_t blocks_per_row) {
+  using A = typename Acc<T>::type;
+  const int64_t row = blockIdx.x / blocks_per_row;
+  const int64_t e = (blockIdx.x % blocks_per_row) * kThreads + threadIdx.x, pixels = a.pixels();
+  if (e >= pixels) return;
+  const int64_t b = row / a.pairs, p = row % a.pairs;
+  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
+  const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
+  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
+  const A g = reinterpret_cast<const A*>(a.grad_error)[row] + (grad_map ? grad_map[row * pixels + e] : A(0));
+  if (g == A(0)) return;
+  const A* rot = reinterpret_cast<const A*>(a.rotations) + row * 9;
+  const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + row * 12;
+  NormalPairPixel<A> px;
+  if (!normal_stability_pixel<T, A>(a, b, i, j, rot, pm, e / a.width, e % a.width, px)) return;
+  Vec3<A> gs, gt;
+  normal_stability_pixel_grad(a, rot, px, g, gs, gt);
+  A* source = reinterpret_cast<A*>(a.grad_normals) + (b * a.frames + i) * 3 * pixels + e;
+  A* target = reinterpret_cast<A*>(a.grad_normals) + (b * a.frames + j) * 3 * pixels + px.qy * a.width + px.qx;
+  atomicAdd(source, gs.x);
+  atomicAdd(source + pixels, gs.y);
+  atomicAdd(source + 2 * pixels, gs.z);
+  atomicAdd(target, gt.x);
+  atomicAdd(target + pixels, gt.y);
+  atomicAdd(target + 2 * pixels, gt.z);
+}
+
+void check_blocks(int64_t blocks, const char* what) {
+  if (blocks > 2147483647LL) throw std::invalid_argument(std::string(what) + ": too many blocks for one launch");
+}
+
+int64_t grid_stride_blocks(int64_t total) {
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  return blocks < 65535 * 16 ? blocks : 65535 * 16;
+}
+
+}  // namespace
+
+void depth_to_normals_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
+  const int64_t total = args.batch * args.frames * args.pixels();
+  if (total == 0) return;
+  dispatch_dtype(args.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    depth_to_normals_kernel<T><<<static_cast<unsigned>(grid_stride_blocks(total)), kThreads, 0,
+                                 reinterpret_cast<cudaStream_t>(stream)>>>(args);
+  });
+  check_launch("depth_to_normals");
+}
+
+void depth_to_normals_backward_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
+  const int64_t total = args.batch * args.frames * args.pixels();
+  if (total == 0) return;
+  dispatch_dtype(args.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    depth_to_normals_backward_kernel<T><<<static_cast<unsigned>(grid_stride_blocks(total)), kThreads, 0,
+                                          reinterpret_cast<cudaStream_t>(stream)>>>(args);
+  });
+  check_launch("depth_to_normals_backward");
+}
+
+void normal_stability_forward_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
+  const int64_t blocks = args.batch * args.pairs * args.chunks;
+  if (blocks == 0) return;
+  check_blocks(blocks, "normal_stability_forward");
+  dispatch_dtype(args.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    normal_stability_forward_kernel<T>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args);
+  });
+  check_launch("normal_stability_forward");
+}
+
+void normal_stability_backward_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
+  const int64_t per_row = (args.pixels() + kThreads - 1) / kThreads;
+  const int64_t blocks = args.batch * args.pairs * per_row;
+  if (blocks == 0) return;
+  check_blocks(blocks, "normal_stability_backward");
+  dispatch_dtype(args.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    normal_stability_backward_kernel<T>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args, per_row);
+  });
+  check_launch("normal_stability_backward");
+}
+
+}  // namespace vgpa

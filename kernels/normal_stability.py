@@ -1,0 +1,331 @@
+"""Triton kernels of surface normals from depth and of normal stability (DESIGN 3.2).
+
+Normals are never stored for the stability error: each program recomputes n_i(p) and n_j(q)
+from the five depths around p and q. The warp helpers are kernels/geometry.py's.
+Forward: one program reduces one fixed chunk of pixels of one (video, pair) into a partial
+(error sum, valid count), summed in a fixed order afterwards: bitwise reproducible.
+Backward, in two launches: d loss / d normal is scattered into a (B * T, 3, H, W) buffer with
+floating-point atomics (the order of the additions is not fixed), then each depth pixel gathers
+its gradient from the four normals that use it (deterministic).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .geometry import bilinear_corner, bilinear_tap, depth_is_valid, inside_image, unproject, warp_pixel
+
+BLOCK = 256
+
+
+@triton.jit
+def round_half_even(x):
+    """Nearest integer (int64) of x >= 0, ties to even; x - floor(x) is exact, unlike x + 0.5."""
+    f = tl.floor(x)
+    frac = x - f
+    i = f.to(tl.int64)
+    return tl.where(frac > 0.5, i + 1, tl.where(frac < 0.5, i, i + (i & 1)))
+
+
+@triton.jit
+def _cross(ax, ay, az, bx, by, bz):
+    return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+
+
+@triton.jit
+def surface_normal(frame_ptr, kinv_ptr, x, y, H, W, sH, sW, active, ACC: tl.constexpr):
+    """Normal of pixels (x, y) by central differences of the unprojected points, oriented toward
+    the camera (csrc/normal_stability.h surface_normal). Returns (valid, n, d_u, d_v, sign,
+    |c|, centre depth); every value is finite where valid is false."""
+    ok = active & (x >= 1) & (y >= 1) & (x <= W - 2) & (y <= H - 2)
+    centre = frame_ptr + y * sH + x * sW
+    zc = tl.load(centre, mask=ok, other=1.0).to(ACC)
+    zl = tl.load(centre - sW, mask=ok, other=1.0).to(ACC)
+    zr = tl.load(centre + sW, mask=ok, other=1.0).to(ACC)
+    zu = tl.load(centre - sH, mask=ok, other=1.0).to(ACC)
+    zd = tl.load(centre + sH, mask=ok, other=1.0).to(ACC)
+    ok = ok & depth_is_valid(zc) & depth_is_valid(zl) & depth_is_valid(zr) & depth_is_valid(zu)
+    ok = ok & depth_is_valid(zd)
+    zc = tl.where(ok, zc, 1.0)
+    zl = tl.where(ok, zl, 1.0)
+    zr = tl.where(ok, zr, 1.0)
+    zu = tl.where(ok, zu, 1.0)
+    zd = tl.where(ok, zd, 1.0)
+    u = x.to(ACC)
+    v = y.to(ACC)
+    rx, ry, rz = unproject(kinv_ptr, u + 1.0, v, zr)
+    lx, ly, lz = unproject(kinv_ptr, u - 1.0, v, zl)
+    dx, dy, dz = unproject(kinv_ptr, u, v + 1.0, zd)
+    ux, uy, uz = unproject(kinv_ptr, u, v - 1.0, zu)
+    dux, duy, duz = rx - lx, ry - ly, rz - lz
+    dvx, dvy, dvz = dx - ux, dy - uy, dz - uz
+    cx, cy, cz = _cross(dux, duy, duz, dvx, dvy, dvz)
+    length = tl.sqrt(cx * cx + cy * cy + cz * cz)
+    ok = ok & (length > 0) & (length - length == 0)
+    length = tl.where(ok, length, 1.0)
+    px, py, pz = unproject(kinv_ptr, u, v, zc)
+    sign = tl.where(cx * px + cy * py + cz * pz > 0, -1.0, 1.0).to(ACC)
+    f = sign / length
+    return ok, f * cx, f * cy, f * cz, dux, duy, duz, dvx, dvy, dvz, sign, length, zc
+
+
+@triton.jit
+def _neighbour_pullback(frame_ptr, kinv_ptr, grad_ptr, x, y, H, W, sH, sW, pixels, active,
+                        DX: tl.constexpr, DY: tl.constexpr, ACC: tl.constexpr):
+    """What pixel (x, y) receives from the normal of its neighbour (x + DX, y + DY): + a for the
+    left neighbour, - a for the right one, + b for the upper one, - b for the lower one, with
+    a, b = d loss / d d_u, d loss / d d_v of that neighbour's normal."""
+    nx = x + DX
+    ny = y + DY
+    inb = active & (nx >= 0) & (nx < W) & (ny >= 0) & (ny < H)
+    e = ny * W + nx
+    gx = tl.load(grad_ptr + e, mask=inb, other=0.0)
+    gy = tl.load(grad_ptr + pixels + e, mask=inb, other=0.0)
+    gz = tl.load(grad_ptr + 2 * pixels + e, mask=inb, other=0.0)
+    ok, n_x, n_y, n_z, dux, duy, duz, dvx, dvy, dvz, sign, length, _ = surface_normal(
+        frame_ptr, kinv_ptr, nx, ny, H, W, sH, sW, inb, ACC)
+    # h = d loss / d c = sign (g - n (n . g)) / |c|
+    ng = n_x * gx + n_y * gy + n_z * gz
+    f = sign / length
+    hx = f * (gx - ng * n_x)
+    hy = f * (gy - ng * n_y)
+    hz = f * (gz - ng * n_z)
+    if DY == 0:
+        px, py, pz = _cross(dvx, dvy, dvz, hx, hy, hz)  # a = d_v x h
+    else:
+        px, py, pz = _cross(hx, hy, hz, dux, duy, duz)  # b = h x d_u
+    if DX + DY > 0:
+        px, py, pz = -px, -py, -pz
+    return tl.where(ok, px, 0.0), tl.where(ok, py, 0.0), tl.where(ok, pz, 0.0)
+
+
+@triton.jit
+def depth_to_normals_kernel(depth_ptr, kinv_ptr, normals_ptr, valid_ptr, T, H, W, sdB, sdT, sdH, sdW,
+                            ACC: tl.constexpr, BLOCK: tl.constexpr):
+    frame = tl.program_id(1).to(tl.int64)
+    pixels = H.to(tl.int64) * W
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    active = e < pixels
+    y = e // W
+    x = e % W
+    frame_ptr = depth_ptr + (frame // T) * sdB + (frame % T) * sdT
+    ok, nx, ny, nz, _, _, _, _, _, _, _, _, _ = surface_normal(frame_ptr, kinv_ptr + frame * 9, x, y, H, W, sdH, sdW,
+                                                               active, ACC)
+    out = normals_ptr + frame * 3 * pixels + e
+    ty = normals_ptr.dtype.element_ty
+    tl.store(out, tl.where(ok, nx, 0.0).to(ty), mask=active)
+    tl.store(out + pixels, tl.where(ok, ny, 0.0).to(ty), mask=active)
+    tl.store(out + 2 * pixels, tl.where(ok, nz, 0.0).to(ty), mask=active)
+    tl.store(valid_ptr + frame * pixels + e, ok.to(tl.uint8), mask=active)
+
+
+@triton.jit
+def depth_to_normals_backward_kernel(depth_ptr, kinv_ptr, gnormals_ptr, gdepth_ptr, T, H, W, sdB, sdT, sdH, sdW,
+                                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+    frame = tl.program_id(1).to(tl.int64)
+    pixels = H.to(tl.int64) * W
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    active = e < pixels
+    y = e // W
+    x = e % W
+    frame_ptr = depth_ptr + (frame // T) * sdB + (frame % T) * sdT
+    kinv = kinv_ptr + frame * 9
+    grad = gnormals_ptr + frame * 3 * pixels
+    tx, ty, tz = _neighbour_pullback(frame_ptr, kinv, grad, x, y, H, W, sdH, sdW, pixels, active, -1, 0, ACC)
+    px, py, pz = _neighbour_pullback(frame_ptr, kinv, grad, x, y, H, W, sdH, sdW, pixels, active, 1, 0, ACC)
+    tx, ty, tz = tx + px, ty + py, tz + pz
+    px, py, pz = _neighbour_pullback(frame_ptr, kinv, grad, x, y, H, W, sdH, sdW, pixels, active, 0, -1, ACC)
+    tx, ty, tz = tx + px, ty + py, tz + pz
+    px, py, pz = _neighbour_pullback(frame_ptr, kinv, grad, x, y, H, W, sdH, sdW, pixels, active, 0, 1, ACC)
+    tx, ty, tz = tx + px, ty + py, tz + pz
+    rx, ry, rz = unproject(kinv, x.to(ACC), y.to(ACC), 1.0)  # d X / d z
+    tl.store(gdepth_ptr + frame * pixels + e, rx * tx + ry * ty + rz * tz, mask=active)
+
+
+@triton.jit
+def _stability_pixel(depth_ptr, kinv_ptr, rot_ptr, pm_ptr, b, i, j, e, active, T, H, W, sdB, sdT, sdH, sdW,
+                     occlusion_tol, WARP: tl.constexpr, OCCLUSION: tl.constexpr, ACC: tl.constexpr):
+    """Scores source pixels e of frame i against frame j (csrc/normal_stability.h
+    normal_stability_pixel). Returns validity, the cosine, the rotated source normal, the target
+    normal and the target pixel q."""
+    y = e // W
+    x = e % W
+    source = depth_ptr + b * sdB + i * sdT
+    target = depth_ptr + b * sdB + j * sdT
+    ok, snx, sny, snz, _, _, _, _, _, _, _, _, z = surface_normal(source, kinv_ptr + (b * T + i) * 9, x, y, H, W,
+                                                                  sdH, sdW, active, ACC)
+    if WARP:
+        warped, tu, tv, _, _, _, qz = warp_pixel(pm_ptr, x.to(ACC), y.to(ACC), z)
+        ok = ok & (qz > 0) & inside_image(tu, tv, H, W, True)
+        tu = tl.where(ok, tu, 0.0)
+        tv = tl.where(ok, tv, 0.0)
+        x0, y0, wx, wy = bilinear_corner(tu, tv)
+        xa, ya, w0, u0 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 0, 0)
+        xb, yb, w1, u1 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 1, 0)
+        xc, yc, w2, u2 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 0, 1)
+        xd, yd, w3, u3 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 1, 1)
+        d0 = tl.load(target + ya * sdH + xa * sdW, mask=u0, other=1.0).to(ACC)
+        d1 = tl.load(target + yb * sdH + xb * sdW, mask=u1, other=1.0).to(ACC)
+        d2 = tl.load(target + yc * sdH + xc * sdW, mask=u2, other=1.0).to(ACC)
+        d3 = tl.load(target + yd * sdH + xd * sdW, mask=u3, other=1.0).to(ACC)
+        ok = ok & (~u0 | depth_is_valid(d0)) & (~u1 | depth_is_valid(d1))
+        ok = ok & (~u2 | depth_is_valid(d2)) & (~u3 | depth_is_valid(d3))
+        if OCCLUSION:
+            sampled = (tl.where(u0, w0 * d0, 0.0) + tl.where(u1, w1 * d1, 0.0) + tl.where(u2, w2 * d2, 0.0)
+                       + tl.where(u3, w3 * d3, 0.0))
+            ok = ok & ~(warped > (1.0 + occlusion_tol) * sampled)
+        qx = round_half_even(tu)
+        qy = round_half_even(tv)
+    else:
+        qx = x
+        qy = y
+        if OCCLUSION:  # the identity warp: z' = z, d = D_j(p)
+            d = tl.load(target + y * sdH + x * sdW, mask=ok, other=1.0).to(ACC)
+            ok = ok & ~(z > (1.0 + occlusion_tol) * d)
+    ok_t, tnx, tny, tnz, _, _, _, _, _, _, _, _, _ = surface_normal(target, kinv_ptr + (b * T + j) * 9, qx, qy, H, W,
+                                                                    sdH, sdW, ok, ACC)
+    ok = ok & ok_t
+    if WARP:
+        r0, r1, r2 = tl.load(rot_ptr + 0), tl.load(rot_ptr + 1), tl.load(rot_ptr + 2)
+        r3, r4, r5 = tl.load(rot_ptr + 3), tl.load(rot_ptr + 4), tl.load(rot_ptr + 5)
+        r6, r7, r8 = tl.load(rot_ptr + 6), tl.load(rot_ptr + 7), tl.load(rot_ptr + 8)
+        rnx = r0 * snx + r1 * sny + r2 * snz
+        rny = r3 * snx + r4 * sny + r5 * snz
+        rnz = r6 * snx + r7 * sny + r8 * snz
+    else:
+        rnx, rny, rnz = snx, sny, snz
+    cosine = rnx * tnx + rny * tny + rnz * tnz
+    return ok, cosine, rnx, rny, rnz, tnx, tny, tnz, qx, qy
+
+
+@triton.jit
+def normal_stability_forward_kernel(
+    depth_ptr, kinv_ptr, rot_ptr, pm_ptr, frames_ptr, part_ptr, map_ptr, mask_ptr,
+    P, T, H, W, chunks, occlusion_tol, sdB, sdT, sdH, sdW,
+    WARP: tl.constexpr, OCCLUSION: tl.constexpr, WRITE_MAP: tl.constexpr, ACC: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    job = tl.program_id(0).to(tl.int64)
+    row = job // chunks
+    b = row // P
+    p = row % P
+    i = tl.load(frames_ptr + 2 * p)
+    j = tl.load(frames_ptr + 2 * p + 1)
+    pixels = H.to(tl.int64) * W
+    start = (job % chunks) * CHUNK
+    end = tl.minimum(start + CHUNK, pixels)
+    acc_sum = tl.zeros([BLOCK], dtype=ACC)
+    acc_count = tl.zeros([BLOCK], dtype=ACC)
+    for off in range(0, CHUNK, BLOCK):
+        e = start + off + tl.arange(0, BLOCK)
+        active = e < end
+        ok, cosine, _, _, _, _, _, _, _, _ = _stability_pixel(
+            depth_ptr, kinv_ptr, rot_ptr + row * 9, pm_ptr + row * 12, b, i, j, e, active, T, H, W,
+            sdB, sdT, sdH, sdW, occlusion_tol, WARP, OCCLUSION, ACC)
+        err = tl.where(ok, 1.0 - tl.minimum(tl.maximum(cosine, -1.0), 1.0), 0.0)
+        acc_sum += err
+        acc_count += ok.to(ACC)
+        if WRITE_MAP:
+            tl.store(map_ptr + row * pixels + e, err, mask=active)
+            tl.store(mask_ptr + row * pixels + e, ok.to(tl.uint8), mask=active)
+    out = part_ptr + job * 2
+    tl.store(out, tl.sum(acc_sum, 0))
+    tl.store(out + 1, tl.sum(acc_count, 0))
+
+
+@triton.jit
+def normal_stability_backward_kernel(
+    depth_ptr, kinv_ptr, rot_ptr, pm_ptr, frames_ptr, gerr_ptr, gmap_ptr, gnormals_ptr,
+    P, T, H, W, blocks_per_row, occlusion_tol, sdB, sdT, sdH, sdW,
+    WARP: tl.constexpr, OCCLUSION: tl.constexpr, HAS_MAP_GRAD: tl.constexpr, ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // blocks_per_row
+    b = row // P
+    p = row % P
+    i = tl.load(frames_ptr + 2 * p)
+    j = tl.load(frames_ptr + 2 * p + 1)
+    pixels = H.to(tl.int64) * W
+    e = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
+    active = e < pixels
+    g = tl.load(gerr_ptr + row) + tl.zeros([BLOCK], dtype=ACC)
+    if HAS_MAP_GRAD:
+        g += tl.load(gmap_ptr + row * pixels + e, mask=active, other=0.0)
+    rot = rot_ptr + row * 9
+    ok, cosine, rnx, rny, rnz, tnx, tny, tnz, qx, qy = _stability_pixel(
+        depth_ptr, kinv_ptr, rot, pm_ptr + row * 12, b, i, j, e, active & (g != 0), T, H, W,
+        sdB, sdT, sdH, sdW, occlusion_tol, WARP, OCCLUSION, ACC)
+    # d e / d cosine = -1 where the clamp passes the gradient
+    d = tl.where(ok & (cosine >= -1.0) & (cosine <= 1.0), -g, 0.0)
+    if WARP:  # d cosine / d n_i = R^T n_j
+        r0, r1, r2 = tl.load(rot + 0), tl.load(rot + 1), tl.load(rot + 2)
+        r3, r4, r5 = tl.load(rot + 3), tl.load(rot + 4), tl.load(rot + 5)
+        r6, r7, r8 = tl.load(rot + 6), tl.load(rot + 7), tl.load(rot + 8)
+        sx = r0 * tnx + r3 * tny + r6 * tnz
+        sy = r1 * tnx + r4 * tny + r7 * tnz
+        sz = r2 * tnx + r5 * tny + r8 * tnz
+    else:
+        sx, sy, sz = tnx, tny, tnz
+    mask = ok & (d != 0)
+    source = gnormals_ptr + (b * T + i) * 3 * pixels + e
+    tl.atomic_add(source, d * sx, mask=mask)
+    tl.atomic_add(source + pixels, d * sy, mask=mask)
+    tl.atomic_add(source + 2 * pixels, d * sz, mask=mask)
+    target = gnormals_ptr + (b * T + j) * 3 * pixels + qy * W + qx
+    tl.atomic_add(target, d * rnx, mask=mask)
+    tl.atomic_add(target + pixels, d * rny, mask=mask)
+    tl.atomic_add(target + 2 * pixels, d * rnz, mask=mask)
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def depth_to_normals(depth, inverse_intrinsics, normals, valid):
+    """depth (B, T, H, W) any strides, K^-1 (B * T, 9) -> normals (B * T, 3, H, W) in their
+    dtype and valid (B * T, H, W) uint8, both contiguous."""
+    batch, frames, height, width = depth.shape
+    grid = (triton.cdiv(height * width, BLOCK), batch * frames)
+    depth_to_normals_kernel[grid](depth, inverse_intrinsics, normals, valid, frames, height, width, *depth.stride(),
+                                  ACC=_acc(depth.dtype), BLOCK=BLOCK)
+
+
+def depth_to_normals_backward(depth, inverse_intrinsics, grad_normals, grad_depth):
+    """grad_normals (B * T, 3, H, W) -> grad_depth (B * T, H, W), contiguous accumulation dtype."""
+    batch, frames, height, width = depth.shape
+    grid = (triton.cdiv(height * width, BLOCK), batch * frames)
+    depth_to_normals_backward_kernel[grid](depth, inverse_intrinsics, grad_normals, grad_depth, frames, height, width,
+                                           *depth.stride(), ACC=_acc(depth.dtype), BLOCK=BLOCK)
+
+
+def normal_stability_forward(depth, inverse_intrinsics, rotations, pair_matrices, pair_frames, partials, error_map,
+                             valid_mask, warp, occlusion_tol, chunk):
+    """Fills partials (B * P, chunks, 2) and, when given, error_map / valid_mask (B, P, H, W)."""
+    batch, frames, height, width = depth.shape
+    rows, chunks, _ = partials.shape
+    write_map = error_map is not None
+    normal_stability_forward_kernel[(rows * chunks,)](
+        depth, inverse_intrinsics, rotations, pair_matrices, pair_frames, partials,
+        error_map if write_map else partials, valid_mask if write_map else partials,
+        pair_frames.shape[0], frames, height, width, chunks, 0.0 if occlusion_tol is None else float(occlusion_tol),
+        *depth.stride(), WARP=warp, OCCLUSION=occlusion_tol is not None, WRITE_MAP=write_map,
+        ACC=_acc(depth.dtype), CHUNK=chunk, BLOCK=min(BLOCK, chunk),
+    )
+
+
+def normal_stability_backward(depth, inverse_intrinsics, rotations, pair_matrices, pair_frames, grad_error, grad_map,
+                              grad_normals, warp, occlusion_tol):
+    """Adds d loss / d normal into grad_normals (B * T, 3, H, W), a zeroed accumulation-dtype
+    buffer. grad_error (B * P,) is d loss / d mean error divided by max(count, 1); grad_map
+    (B, P, H, W) or None."""
+    batch, frames, height, width = depth.shape
+    pairs = pair_frames.shape[0]
+    blocks = triton.cdiv(height * width, BLOCK)
+    normal_stability_backward_kernel[(batch * pairs * blocks,)](
+        depth, inverse_intrinsics, rotations, pair_matrices, pair_frames, grad_error,
+        grad_error if grad_map is None else grad_map, grad_normals,
+        pairs, frames, height, width, blocks, 0.0 if occlusion_tol is None else float(occlusion_tol),
+        *depth.stride(), WARP=warp, OCCLUSION=occlusion_tol is not None, HAS_MAP_GRAD=grad_map is not None,
+        ACC=_acc(depth.dtype), BLOCK=BLOCK,
+    )
