@@ -1,0 +1,435 @@
+"""One Diffusion-DPO step for diffusers video transformers (DESIGN 3.5).
+
+Latents are always given as the VAE writes them, (B, C, F, H, W); the step moves them into
+the layout of the model family (CogVideoX takes (B, F, C, H, W), Wan keeps (B, C, F, H, W)).
+Winners and losers are stacked into one batch of 2B, winners first, and share their noise and
+timestep pair by pair. The loss is the fused :func:`vgpa.diffusion_dpo_loss`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+from peft import PeftModel
+from torch import Tensor
+
+from ..ops.diffusion_dpo_loss import DiffusionDPOLossResult, diffusion_dpo_loss
+
+PREDICTION_TYPES = ("v_prediction", "epsilon", "flow_matching")
+# Prediction types that noise through a DDPM-style diffusers scheduler (add_noise, get_velocity).
+SCHEDULER_PREDICTION_TYPES = ("v_prediction", "epsilon")
+
+# Wan flow matching: training timesteps t in [0, 1000), s = t / 1000, shifted sigma (DESIGN 3.5).
+FLOW_NUM_TIMESTEPS = 1000
+WAN_FLOW_SHIFT = 5.0
+# CogVideoX1.5-I2V conditions on an "ofs" embedding; its diffusers pipeline always passes 2.0.
+COGVIDEOX_OFS = 2.0
+
+
+@dataclass
+class PreferenceBatch:
+    """B preference pairs.
+
+    winner_latents, loser_latents: (B, C, F, H, W) latents normalised as the transformer
+    expects (see :func:`encode_video`). prompt_embeds: (B, L, D) text-encoder states.
+    image_latents: (B, C, F_img, H, W) latents of the conditioning image (see
+    :func:`encode_image`), for CogVideoX-I2V (concatenated on channels) and Wan TI2V (replaces
+    the first F_img latent frames, which stay clean); None for text-to-video.
+    """
+
+    winner_latents: Tensor
+    loser_latents: Tensor
+    prompt_embeds: Tensor
+    image_latents: Optional[Tensor] = None
+
+    def to(self, device, non_blocking: bool = False) -> "PreferenceBatch":
+        def move(x):
+            return None if x is None else x.to(device, non_blocking=non_blocking)
+
+        return PreferenceBatch(move(self.winner_latents), move(self.loser_latents),
+                               move(self.prompt_embeds), move(self.image_latents))
+
+
+@dataclass
+class NoisedPair:
+    """noisy_latents, target: (2B, C, F, H, W), winners first; target in float32.
+    timesteps: (2B,) the timesteps the transformer is given (Wan: 1000 * sigma)."""
+
+    noisy_latents: Tensor
+    target: Tensor
+    timesteps: Tensor
+
+
+@dataclass
+class PairPredictions:
+    """Inputs of the DPO loss, in the transformer's output layout, float32.
+
+    model_pred: (2B, ...) the policy's prediction (differentiable). ref_pred: the reference's
+    (no grad). target: the regression target. weight: broadcastable to the prediction, zero on
+    latent frames that were kept clean (Wan TI2V), else None. frame_dim: the frame axis
+    (1 for CogVideoX, 2 for Wan).
+    """
+
+    model_pred: Tensor
+    ref_pred: Tensor
+    target: Tensor
+    weight: Optional[Tensor]
+    frame_dim: int
+
+
+# --------------------------------------------------------------------------------------------
+# Model families
+
+
+def _unwrap(model):
+    """The diffusers transformer inside accelerate/DDP/torch.compile and peft wrappers."""
+    module = extract_model_from_parallel(model)
+    if isinstance(module, PeftModel):
+        module = module.get_base_model()
+    return module
+
+
+def model_family(transformer) -> str:
+    """"cogvideox" or "wan" for a (possibly wrapped) diffusers video transformer."""
+    module = _unwrap(transformer)
+    if isinstance(module, CogVideoXTransformer3DModel):
+        return "cogvideox"
+    if isinstance(module, WanTransformer3DModel):
+        return "wan"
+    raise TypeError("vgpa.training supports diffusers CogVideoXTransformer3DModel and "
+                    f"WanTransformer3DModel; got {type(module).__name__}")
+
+
+def resolve_prediction_type(family: str, scheduler=None, prediction_type: Optional[str] = None) -> str:
+    """The prediction type to train: the given one, else the scheduler's for CogVideoX and
+    "flow_matching" for Wan. Checks it against the scheduler it needs."""
+    if prediction_type is None:
+        if family == "wan":
+            return "flow_matching"
+        if scheduler is None:
+            raise ValueError("CogVideoX trains through its diffusers scheduler: pass scheduler= "
+                             "(e.g. CogVideoXDPMScheduler.from_pretrained(path, subfolder='scheduler'))")
+        prediction_type = scheduler.config.prediction_type
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+    if prediction_type in SCHEDULER_PREDICTION_TYPES:
+        if scheduler is None:
+            raise ValueError(f"prediction_type={prediction_type!r} noises through a diffusers scheduler; "
+                             "pass scheduler=")
+        configured = getattr(scheduler.config, "prediction_type", prediction_type)
+        if configured != prediction_type:
+            raise ValueError(f"prediction_type={prediction_type!r} but the scheduler is configured for "
+                             f"{configured!r}; the model would be trained for one and sampled with the other")
+    return prediction_type
+
+
+# --------------------------------------------------------------------------------------------
+# VAE encoding
+
+
+def _normalise_latents(vae, latents: Tensor, invert_scale: bool = False) -> Tensor:
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:  # Wan: per-channel statistics
+        view = (1, -1) + (1,) * (latents.dim() - 2)
+        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
+        std = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(view)
+        return (latents - mean) / std
+    scale = getattr(config, "scaling_factor", None)
+    if scale is None:
+        raise ValueError(f"{type(vae).__name__} has neither latents_mean/latents_std nor a scaling_factor "
+                         "in its config; cannot normalise its latents")
+    latents = latents - (getattr(config, "shift_factor", None) or 0.0)
+    return latents / scale if invert_scale else latents * scale
+
+
+def _encode(vae, pixels: Tensor, generator, sample: bool) -> Tensor:
+    posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = posterior.sample(generator) if sample else posterior.mode()
+    return latents.float()
+
+
+@torch.no_grad()
+def encode_video(vae, video: Tensor, *, generator: Optional[torch.Generator] = None,
+                 sample: bool = True) -> Tensor:
+    """Encode videos with the model's diffusers VAE into normalised latents.
+
+    video: (B, 3, F, H, W) in [-1, 1]. Returns float32 (B, C, F', H', W') latents: CogVideoX's
+    scaled by its ``scaling_factor``, Wan's standardised by its ``latents_mean``/``latents_std``.
+    ``sample=False`` takes the posterior mode instead of a sample.
+    """
+    if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[1] != 3:
+        shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
+        raise ValueError(f"encode_video: expected a (B, 3, F, H, W) video tensor in [-1, 1], got {shape}")
+    return _normalise_latents(vae, _encode(vae, video, generator, sample))
+
+
+@torch.no_grad()
+def encode_image(vae, image: Tensor, *, generator: Optional[torch.Generator] = None,
+                 sample: bool = True) -> Tensor:
+    """Encode conditioning images into (B, C, 1, H', W') latents for image-to-video.
+
+    image: (B, 3, H, W) in [-1, 1]. Normalised as the diffusers I2V pipelines do, including
+    CogVideoX1.5's ``invert_scale_latents`` (the image latents are divided by the scaling
+    factor there). The Wan pipeline conditions on the posterior mode: pass ``sample=False``.
+    """
+    if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"encode_image: expected a (B, 3, H, W) image tensor in [-1, 1], got {shape}")
+    latents = _encode(vae, image.unsqueeze(2), generator, sample)
+    return _normalise_latents(vae, latents, invert_scale=getattr(vae.config, "invert_scale_latents", False))
+
+
+# --------------------------------------------------------------------------------------------
+# Noising
+
+
+def add_noise_pair(winner_latents: Tensor, loser_latents: Tensor, *, prediction_type: str,
+                   scheduler=None, flow_shift: float = WAN_FLOW_SHIFT,
+                   generator: Optional[torch.Generator] = None, timesteps: Optional[Tensor] = None,
+                   noise: Optional[Tensor] = None) -> NoisedPair:
+    """Noise winners and losers with the same noise and training timestep per pair.
+
+    winner_latents, loser_latents: (B, C, F, H, W). timesteps: (B,) training timesteps, drawn
+    uniformly when None (from the scheduler's ``num_train_timesteps``, or [0, 1000) for flow
+    matching). noise: (B, C, F, H, W), standard normal from ``generator`` when None.
+
+    - "v_prediction": x_t = scheduler.add_noise(x0, noise, t), target = scheduler.get_velocity(x0, noise, t)
+    - "epsilon": x_t = scheduler.add_noise(x0, noise, t), target = noise
+    - "flow_matching": sigma = shift s / (1 + (shift - 1) s), s = t / 1000,
+      x_t = (1 - sigma) x0 + sigma noise, target = noise - x0; the model is given 1000 sigma.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+    if winner_latents.shape != loser_latents.shape:
+        raise ValueError(f"winner latents have shape {tuple(winner_latents.shape)} but loser latents have "
+                         f"shape {tuple(loser_latents.shape)}; a preference pair needs equal shapes")
+    if winner_latents.dim() != 5:
+        raise ValueError(f"latents must be (B, C, F, H, W), got shape {tuple(winner_latents.shape)}")
+    pairs, device = winner_latents.shape[0], winner_latents.device
+    if noise is None:
+        noise = torch.randn(winner_latents.shape, generator=generator, device=device, dtype=torch.float32)
+    elif noise.shape != winner_latents.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(winner_latents.shape)}")
+    if prediction_type == "flow_matching":
+        num_timesteps = FLOW_NUM_TIMESTEPS
+    elif scheduler is None:
+        raise ValueError(f"prediction_type={prediction_type!r} noises through a diffusers scheduler; "
+                         "pass scheduler=")
+    else:
+        num_timesteps = scheduler.config.num_train_timesteps
+    if timesteps is None:
+        timesteps = torch.randint(0, num_timesteps, (pairs,), generator=generator, device=device)
+    elif timesteps.shape != (pairs,):
+        raise ValueError(f"timesteps has shape {tuple(timesteps.shape)}, expected ({pairs},)")
+
+    x0 = torch.cat([winner_latents, loser_latents]).float()
+    noise = noise.float().repeat(2, 1, 1, 1, 1)
+    timesteps = timesteps.to(device).repeat(2)
+    if prediction_type == "flow_matching":
+        s = timesteps.float() / FLOW_NUM_TIMESTEPS
+        sigma = flow_shift * s / (1.0 + (flow_shift - 1.0) * s)
+        sigma_b = sigma.view(-1, 1, 1, 1, 1)
+        return NoisedPair((1.0 - sigma_b) * x0 + sigma_b * noise, noise - x0, sigma * FLOW_NUM_TIMESTEPS)
+    timesteps = timesteps.long()
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    target = scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else noise
+    return NoisedPair(noisy, target, timesteps)
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer inputs per family
+
+
+def _check_batch(batch: PreferenceBatch) -> None:
+    if not isinstance(batch, PreferenceBatch):
+        raise TypeError(f"expected a vgpa.training.PreferenceBatch, got {type(batch).__name__}")
+    w, l, p, img = batch.winner_latents, batch.loser_latents, batch.prompt_embeds, batch.image_latents
+    if w.shape != l.shape:
+        raise ValueError(f"winner latents have shape {tuple(w.shape)} but loser latents have shape "
+                         f"{tuple(l.shape)}; a preference pair needs equal shapes")
+    if w.dim() != 5:
+        raise ValueError(f"latents must be (B, C, F, H, W), got shape {tuple(w.shape)}")
+    if p.dim() != 3 or p.shape[0] != w.shape[0]:
+        raise ValueError(f"prompt_embeds must be (B, L, D) with B={w.shape[0]}, got shape {tuple(p.shape)}")
+    if img is not None:
+        b, c, f, h, wd = w.shape
+        if (img.dim() != 5 or img.shape[:2] != (b, c) or img.shape[3:] != (h, wd)
+                or not 1 <= img.shape[2] < f):
+            raise ValueError(f"image_latents must be (B, C, F_img, H, W) with B={b}, C={c}, H={h}, W={wd} and "
+                             f"1 <= F_img < F={f}; got shape {tuple(img.shape)}")
+
+
+def _cogvideox_rotary_embeddings(config, frames: int, height: int, width: int, device):
+    """Rotary position embeddings for a latent grid, laid out as the CogVideoX pipelines do."""
+    p, p_t = config.patch_size, config.patch_size_t
+    grid = (height // p, width // p)
+    base_width, base_height = config.sample_width // p, config.sample_height // p
+    if p_t is None:  # CogVideoX 1.0
+        crops = get_resize_crop_region_for_grid(grid, base_width, base_height)
+        return get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=crops,
+                                       grid_size=grid, temporal_size=frames, device=device)
+    return get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=None, grid_size=grid,
+                                   temporal_size=frames // p_t, grid_type="slice",
+                                   max_size=(base_height, base_width), device=device)
+
+
+def _cogvideox_inputs(module, noised: NoisedPair, batch: PreferenceBatch, dtype):
+    config = module.config
+    _, channels, frames, height, width = noised.noisy_latents.shape
+    image = batch.image_latents
+    image_to_video = config.in_channels == 2 * channels
+    if config.in_channels != channels and not image_to_video:
+        raise ValueError(f"this CogVideoX transformer takes in_channels={config.in_channels}, which fits neither "
+                         f"{channels}-channel latents (T2V) nor them plus image latents (I2V)")
+    if image_to_video and image is None:
+        raise ValueError(f"this CogVideoX transformer is image-to-video (in_channels={config.in_channels} = "
+                         f"2 x {channels}): pass image_latents")
+    if not image_to_video and image is not None:
+        raise ValueError(f"this CogVideoX transformer is text-to-video (in_channels={config.in_channels}); "
+                         "it takes no image_latents")
+    p, p_t = config.patch_size, config.patch_size_t or 1
+    if frames % p_t or height % p or width % p:
+        raise ValueError(f"latent grid (F={frames}, H={height}, W={width}) is not divisible by the patch size "
+                         f"(p_t={p_t}, p={p})")
+
+    hidden_states = noised.noisy_latents.permute(0, 2, 1, 3, 4)  # (2B, F, C, H, W)
+    if image_to_video:
+        image = image.permute(0, 2, 1, 3, 4).float()
+        # The image latent sits on the first frames; the other frames of its channels are zero.
+        padding = image.new_zeros((image.shape[0], frames - image.shape[1]) + tuple(image.shape[2:]))
+        image = torch.cat([image, padding], dim=1).repeat(2, 1, 1, 1, 1)
+        hidden_states = torch.cat([hidden_states, image], dim=2)
+    pairs2 = hidden_states.shape[0]
+    inputs = {
+        "hidden_states": hidden_states.to(dtype),
+        "encoder_hidden_states": batch.prompt_embeds.repeat(2, 1, 1).to(dtype),
+        "timestep": noised.timesteps,
+    }
+    if config.use_rotary_positional_embeddings:
+        inputs["image_rotary_emb"] = _cogvideox_rotary_embeddings(config, frames, height, width,
+                                                                  hidden_states.device)
+    if config.ofs_embed_dim:
+        inputs["ofs"] = hidden_states.new_full((pairs2,), COGVIDEOX_OFS, dtype=torch.float32)
+    target = noised.target.permute(0, 2, 1, 3, 4)
+    return inputs, target, None, 1
+
+
+def _wan_inputs(module, noised: NoisedPair, batch: PreferenceBatch, dtype):
+    config = module.config
+    _, channels, frames, height, width = noised.noisy_latents.shape
+    if config.image_dim is not None:
+        raise ValueError("Wan2.1-I2V (CLIP image embeddings, in_channels = latents + mask + image) is not "
+                         "supported; vgpa trains Wan text-to-video and Wan2.2-TI2V")
+    if config.in_channels != channels:
+        raise ValueError(f"this Wan transformer takes in_channels={config.in_channels}, the latents have "
+                         f"{channels}")
+    p_t, p_h, p_w = config.patch_size
+    if frames % p_t or height % p_h or width % p_w:
+        raise ValueError(f"latent grid (F={frames}, H={height}, W={width}) is not divisible by the patch size "
+                         f"{tuple(config.patch_size)}")
+
+    hidden_states, timesteps, weight = noised.noisy_latents, noised.timesteps, None
+    image = batch.image_latents
+    if image is not None:
+        clean = image.shape[2]
+        # TI2V: the first latent frames hold the clean image latent, their tokens see timestep 0,
+        # and they are left out of the loss (weight 0): the model does not generate them.
+        hidden_states = torch.cat([image.float().repeat(2, 1, 1, 1, 1), hidden_states[:, :, clean:]], dim=2)
+        frame_t = timesteps.float()[:, None].repeat(1, frames)
+        frame_t[:, :clean] = 0.0
+        tokens = (height // p_h) * (width // p_w)
+        timesteps = frame_t[:, ::p_t, None].expand(-1, -1, tokens).flatten(1)
+        weight = torch.ones((1, 1, frames, 1, 1), device=hidden_states.device)
+        weight[:, :, :clean] = 0.0
+    inputs = {
+        "hidden_states": hidden_states.to(dtype),
+        "encoder_hidden_states": batch.prompt_embeds.repeat(2, 1, 1).to(dtype),
+        "timestep": timesteps,
+    }
+    return inputs, noised.target, weight, 2
+
+
+def _forward(model, inputs) -> Tensor:
+    return model(**inputs, return_dict=False)[0].float()
+
+
+@contextlib.contextmanager
+def lora_disabled(model):
+    """Run ``model`` with its LoRA adapters switched off: the frozen base model, no second copy.
+
+    Works for a peft ``PeftModel`` (its ``disable_adapter()`` context) and for a diffusers model
+    given adapters with ``add_adapter`` (``disable_adapters()``/``enable_adapters()``).
+    """
+    module = extract_model_from_parallel(model)
+    if isinstance(module, PeftModel):
+        with module.disable_adapter():
+            yield
+        return
+    if not getattr(module, "_hf_peft_config_loaded", False):
+        raise ValueError(f"{type(module).__name__} has no LoRA adapters to disable; add them (add_adapter) "
+                         "or pass a frozen reference model")
+    module.disable_adapters()
+    try:
+        yield
+    finally:
+        module.enable_adapters()
+
+
+def predict_pair(transformer, batch: PreferenceBatch, *, reference=None, scheduler=None,
+                 prediction_type: Optional[str] = None, flow_shift: float = WAN_FLOW_SHIFT,
+                 generator: Optional[torch.Generator] = None, timesteps: Optional[Tensor] = None,
+                 noise: Optional[Tensor] = None, dtype: Optional[torch.dtype] = None) -> PairPredictions:
+    """Policy and reference predictions and the target for a batch of preference pairs.
+
+    transformer: the policy, a diffusers CogVideoXTransformer3DModel or WanTransformer3DModel
+    (possibly wrapped by accelerate or peft). reference: a frozen copy of the base model, or
+    None to use the policy itself with its LoRA adapters disabled. The reference runs without
+    grad. scheduler, prediction_type, flow_shift, generator, timesteps, noise: see
+    :func:`add_noise_pair` and :func:`resolve_prediction_type`. dtype: the dtype the
+    transformer is fed (default: its parameters').
+    """
+    family = model_family(transformer)
+    if reference is not None and model_family(reference) != family:
+        raise TypeError(f"the reference is a {model_family(reference)} model but the policy is {family}")
+    _check_batch(batch)
+    prediction_type = resolve_prediction_type(family, scheduler, prediction_type)
+    module = _unwrap(transformer)
+    noised = add_noise_pair(batch.winner_latents, batch.loser_latents, prediction_type=prediction_type,
+                            scheduler=scheduler, flow_shift=flow_shift, generator=generator,
+                            timesteps=timesteps, noise=noise)
+    build = _cogvideox_inputs if family == "cogvideox" else _wan_inputs
+    inputs, target, weight, frame_dim = build(module, noised, batch, dtype or module.dtype)
+
+    with torch.no_grad():
+        if reference is None:
+            with lora_disabled(transformer):
+                ref_pred = _forward(extract_model_from_parallel(transformer), inputs)
+        else:
+            ref_pred = _forward(reference, inputs)
+    model_pred = _forward(transformer, inputs)
+    return PairPredictions(model_pred, ref_pred, target, weight, frame_dim)
+
+
+def diffusion_dpo_step(transformer, batch: PreferenceBatch, *, beta: float = 1.0, loss_type: str = "sigmoid",
+                       label_smoothing: float = 0.0, segments: int = 1, backend: str = "auto",
+                       reference=None, scheduler=None, prediction_type: Optional[str] = None,
+                       flow_shift: float = WAN_FLOW_SHIFT, generator: Optional[torch.Generator] = None,
+                       timesteps: Optional[Tensor] = None, noise: Optional[Tensor] = None,
+                       dtype: Optional[torch.dtype] = None) -> DiffusionDPOLossResult:
+    """Forward pass of one Diffusion-DPO step: :func:`predict_pair`, then the fused
+    :func:`vgpa.diffusion_dpo_loss` (beta, loss_type, label_smoothing, segments, backend).
+    Call ``.loss.backward()`` (or ``accelerator.backward``) on the result."""
+    pred = predict_pair(transformer, batch, reference=reference, scheduler=scheduler,
+                        prediction_type=prediction_type, flow_shift=flow_shift, generator=generator,
+                        timesteps=timesteps, noise=noise, dtype=dtype)
+    return diffusion_dpo_loss(pred.model_pred, pred.ref_pred, pred.target, beta=beta, loss_type=loss_type,
+                              label_smoothing=label_smoothing, weight=pred.weight, segments=segments,
+                              frame_dim=pred.frame_dim, backend=backend)
