@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import vgpa
-from vgpa import _backend
 from vgpa.reference import geometry
 from vgpa.reference import normal_stability as reference
 
-from .common import peak_memory_mib, time_ms
+from .common import orbiting_cameras, peak_memory_mib, plan, time_ms
 
 # (videos, frames, height, width): VideoGPA's 10 x 518 x 518 and CogVideoX's 49 x 480 x 720
 GPU_SIZES = {"quick": [(1, 10, 128, 128)], "full": [(1, 10, 518, 518), (1, 49, 480, 720)]}
@@ -26,15 +25,7 @@ def scene(videos, frames, height, width, device, seed=0):
     coarse = torch.rand(videos * frames, 1, 8, 8, generator=g)
     depth = 3 + 0.5 * F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
     depth = depth.view(videos, frames, height, width)
-    focal = 0.9 * max(height, width)
-    k = torch.tensor([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
-    intrinsics = k.expand(videos, frames, 3, 3).contiguous()
-    extrinsics = torch.eye(4).repeat(videos, frames, 1, 1)
-    steps = torch.arange(frames, dtype=torch.float32)[None, :, None]
-    extrinsics[..., :3, 3] = 0.02 * steps * torch.tensor([1.0, 0.3, 0.1])
-    angle = 0.01 * steps[..., 0]
-    extrinsics[..., 0, 0], extrinsics[..., 0, 2] = angle.cos(), angle.sin()
-    extrinsics[..., 2, 0], extrinsics[..., 2, 2] = -angle.sin(), angle.cos()
+    intrinsics, extrinsics = orbiting_cameras(videos, frames, height, width, translation=(1.0, 0.3, 0.1))
     return depth.to(device), intrinsics.to(device), extrinsics.to(device)
 
 
@@ -63,11 +54,7 @@ def reference_normal_stability(depth, intrinsics, extrinsics, pairs):
 
 
 def run(device: torch.device, quick: bool = False) -> list[dict]:
-    sizes = (GPU_SIZES if device.type == "cuda" else CPU_SIZES)["quick" if quick else "full"]
-    backends = [b for b in ("cuda", "triton", "cpu", "torch") if _backend.why_unavailable(b, device) is None]
-    if device.type == "cpu":
-        backends = [b for b in backends if b != "triton"]  # the interpreter is not a CPU backend
-    repeat = 20 if device.type == "cuda" else 3
+    sizes, backends, repeat = plan(device, quick, CPU_SIZES, GPU_SIZES)
     rows = []
     for videos, frames, height, width in sizes:
         depth, intrinsics, extrinsics = scene(videos, frames, height, width, device)

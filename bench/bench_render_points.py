@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 
 import vgpa
-from vgpa import _backend
 from vgpa.reference import render_points as reference
 
-from .common import peak_memory_mib, time_ms
+from .common import peak_memory_mib, plan, time_ms
 
 # (videos, frames, height, width)
 CPU_SIZES = {"quick": [(1, 3, 32, 32)], "full": [(1, 10, 128, 128), (2, 10, 128, 128)]}
@@ -97,11 +96,7 @@ def compiled_reference(videos, frames):
 
 
 def run(device: torch.device, quick: bool = False) -> list[dict]:
-    sizes = (GPU_SIZES if device.type == "cuda" else CPU_SIZES)["quick" if quick else "full"]
-    backends = [b for b in ("cuda", "triton", "cpu", "torch") if _backend.why_unavailable(b, device) is None]
-    if device.type == "cpu":
-        backends = [b for b in backends if b != "triton"]  # the interpreter is not a CPU backend
-    repeat = 20 if device.type == "cuda" else 3
+    sizes, backends, repeat = plan(device, quick, CPU_SIZES, GPU_SIZES)
     rows = []
     for videos, steps, height, width in sizes:
         cloud, k, e, frames = make_scene(videos, steps, height, width, device)

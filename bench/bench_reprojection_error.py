@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import vgpa
-from vgpa import _backend
 from vgpa.reference import reprojection_error as reference
 
-from .common import peak_memory_mib, time_ms
+from .common import orbiting_cameras, peak_memory_mib, plan, time_ms
 
 # (videos, frames, height, width)
 CPU_SIZES = {"quick": [(1, 4, 64, 64)], "full": [(1, 10, 259, 259), (1, 12, 240, 360)]}
@@ -31,13 +30,7 @@ GPU_SIZES = {"quick": [(1, 10, 518, 518)], "full": [(1, 10, 518, 518), (1, 49, 4
 def make_inputs(videos, frames, height, width, device):
     g = torch.Generator().manual_seed(0)
     depth = 2 + torch.rand(videos, frames, height, width, generator=g)
-    intrinsics = torch.tensor([[0.9 * width, 0, (width - 1) / 2], [0, 0.9 * width, (height - 1) / 2], [0, 0, 1]])
-    intrinsics = intrinsics.expand(videos, frames, 3, 3).contiguous()
-    extrinsics = torch.eye(4).repeat(videos, frames, 1, 1)
-    angle = 0.01 * torch.arange(frames, dtype=torch.float32)
-    extrinsics[..., 0, 0], extrinsics[..., 0, 2] = angle.cos(), angle.sin()
-    extrinsics[..., 2, 0], extrinsics[..., 2, 2] = -angle.sin(), angle.cos()
-    extrinsics[..., 0, 3] = 0.02 * torch.arange(frames)
+    intrinsics, extrinsics = orbiting_cameras(videos, frames, height, width)  # every size has W >= H
     return depth.to(device), intrinsics.to(device), extrinsics.to(device)
 
 
@@ -87,11 +80,7 @@ def kornia_pairs(depth, intrinsics, extrinsics):
 
 
 def run(device: torch.device, quick: bool = False) -> list[dict]:
-    sizes = (GPU_SIZES if device.type == "cuda" else CPU_SIZES)["quick" if quick else "full"]
-    backends = [b for b in ("cuda", "triton", "cpu") if _backend.why_unavailable(b, device) is None]
-    if device.type == "cpu":
-        backends = [b for b in backends if b != "triton"]  # the interpreter is not a CPU backend
-    repeat = 20 if device.type == "cuda" else 3
+    sizes, backends, repeat = plan(device, quick, CPU_SIZES, GPU_SIZES, backends=("cuda", "triton", "cpu"))
     rows = []
     for videos, frames, height, width in sizes:
         depth, intrinsics, extrinsics = make_inputs(videos, frames, height, width, device)

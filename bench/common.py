@@ -105,3 +105,32 @@ def print_table(title: str, rows: list[dict]):
     print("  ".join(k.rjust(w) for k, w in zip(fields, widths)))
     for r in table:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def plan(device: torch.device, quick: bool, cpu_sizes: dict, gpu_sizes: dict,
+         backends=("cuda", "triton", "cpu", "torch")):
+    """(sizes, backends, repeat) of one op's run: the quick or full sizes for the device, the
+    vgpa backends usable there (never the Triton interpreter, which is not a CPU backend) and
+    the timing repeats."""
+    from vgpa import _backend
+
+    sizes = (gpu_sizes if device.type == "cuda" else cpu_sizes)["quick" if quick else "full"]
+    usable = [b for b in backends if _backend.why_unavailable(b, device) is None]
+    if device.type == "cpu":
+        usable = [b for b in usable if b != "triton"]
+    return sizes, usable, 20 if device.type == "cuda" else 3
+
+
+def orbiting_cameras(videos: int, frames: int, height: int, width: int, translation=(1.0, 0.0, 0.0)):
+    """Pinhole K (focal 0.9 max(H, W), centred) and world-to-camera poses that turn 0.01 rad a
+    frame about y and move 0.02 * translation a frame: (B, T, 3, 3), (B, T, 4, 4) float32."""
+    focal = 0.9 * max(height, width)
+    k = torch.tensor([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    intrinsics = k.expand(videos, frames, 3, 3).contiguous()
+    extrinsics = torch.eye(4).repeat(videos, frames, 1, 1)
+    steps = torch.arange(frames, dtype=torch.float32)[None, :, None]
+    extrinsics[..., :3, 3] = 0.02 * steps * torch.tensor(translation)
+    angle = 0.01 * steps[..., 0]
+    extrinsics[..., 0, 0], extrinsics[..., 0, 2] = angle.cos(), angle.sin()
+    extrinsics[..., 2, 0], extrinsics[..., 2, 2] = -angle.sin(), angle.cos()
+    return intrinsics, extrinsics

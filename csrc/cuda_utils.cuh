@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +17,19 @@ inline void check_launch(const char* what) {
 inline void check_grid_y(int64_t rows, const char* what) {
   if (rows > 65535) throw std::invalid_argument(std::string(what) + ": too many rows for one launch");
 }
+
+inline void check_blocks(int64_t blocks, const char* what) {
+  if (blocks > 2147483647LL) throw std::invalid_argument(std::string(what) + ": too many blocks for one launch");
+}
+
+// Blocks of a grid-stride loop over total elements: enough to fill any GPU, capped so the
+// launch stays small; each thread then loops.
+inline unsigned grid_stride_blocks(int64_t total, int threads) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+}
+
+inline cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
 // Sum over a block in a fixed order (warp shuffles, then the warp leaders): deterministic.
 template <int Threads, typename A>

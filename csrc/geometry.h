@@ -118,4 +118,77 @@ struct BilinearTaps {
   VGPA_HD A d_dv(const A* t) const { return (A(1) - wx) * (t[2] - t[0]) + wx * (t[3] - t[1]); }
 };
 
+// ---------------------------------------------------------------------------------------------
+// Work split of the pairwise ops (reprojection error, normal stability): a row is one
+// (video, pair), row = b * pairs + p; pair_frames (P, 2) holds (source i, target j).
+
+struct PairRow {
+  int64_t row, b, i, j;
+
+  VGPA_HD static PairRow at(int64_t row, int64_t pairs, const int64_t* pair_frames) {
+    const int64_t p = row % pairs;
+    return {row, row / pairs, pair_frames[2 * p], pair_frames[2 * p + 1]};
+  }
+};
+
+// One forward job: pixels [begin, end) of one row, job = row * chunks + chunk. The chunks are a
+// pure function of the shape, so the partial sums do not depend on threading.
+struct PairChunk {
+  PairRow pair;
+  int64_t begin, end;
+
+  VGPA_HD static PairChunk at(int64_t job, int64_t chunks, int64_t chunk, int64_t pairs, int64_t pixels,
+                              const int64_t* pair_frames) {
+    const int64_t begin = (job % chunks) * chunk;
+    return {PairRow::at(job / chunks, pairs, pair_frames), begin, begin + chunk < pixels ? begin + chunk : pixels};
+  }
+};
+
+// Scores pixels begin + first, begin + first + step, ... (< end) of one chunk with
+// score(e, error) -> valid: sums the valid errors and counts them in that order, and writes
+// the error map (0 where invalid) and the validity mask when they are wanted.
+template <typename A, typename Score>
+VGPA_HD void score_chunk(const PairChunk& c, int64_t first, int64_t step, int64_t pixels, A* error_map,
+                         uint8_t* valid_mask, Score&& score, A& sum, A& count) {
+  sum = A(0);
+  count = A(0);
+  for (int64_t e = c.begin + first; e < c.end; e += step) {
+    A error;
+    const bool valid = score(e, error);
+    if (valid) {
+      sum += error;
+      count += A(1);
+    }
+    if (error_map) {
+      error_map[c.pair.row * pixels + e] = valid ? error : A(0);
+      valid_mask[c.pair.row * pixels + e] = valid;
+    }
+  }
+}
+
+// d loss / d e(pixel e) of one row: the mean's share (already divided by the count) plus the
+// map's, when a map gradient is given.
+template <typename A>
+VGPA_HD A pixel_grad(const A* grad_error, const A* grad_map, int64_t row, int64_t pixels, int64_t e) {
+  return grad_map ? grad_error[row] + grad_map[row * pixels + e] : grad_error[row];
+}
+
+// CPU backward of the pairwise ops, for frame t of video b: calls visit(pair, e, g) for every
+// row whose pair has t as its source or target (pairs ascending) and every pixel e of it with a
+// non-zero upstream gradient g (pixels ascending). A thread that owns a frame and visits in this
+// fixed order adds into it alone and always in one order: bitwise reproducible gradients.
+template <typename A, typename Visit>
+inline void for_each_pixel_touching_frame(int64_t b, int64_t t, int64_t pairs, int64_t pixels,
+                                          const int64_t* pair_frames, const A* grad_error, const A* grad_map,
+                                          Visit&& visit) {
+  for (int64_t p = 0; p < pairs; ++p) {
+    const PairRow pair = PairRow::at(b * pairs + p, pairs, pair_frames);
+    if (pair.i != t && pair.j != t) continue;
+    for (int64_t e = 0; e < pixels; ++e) {
+      const A g = pixel_grad(grad_error, grad_map, pair.row, pixels, e);
+      if (g != A(0)) visit(pair, e, g);
+    }
+  }
+}
+
 }  // namespace vgpa

@@ -1,6 +1,7 @@
 // C++ CPU twin of the CUDA kernels in normal_stability.cu (OpenMP). Every sum has a fixed
 // order, so every result, the gradients included, is bitwise reproducible.
 #include <type_traits>
+#include <vector>
 
 #include "normal_stability.h"
 
@@ -17,51 +18,62 @@ void normals(const NormalStabilityArgs& a) {
     for (int64_t x = 0; x < a.width; ++x) depth_to_normals_pixel<T, A>(a, r / a.height, r % a.height, x);
 }
 
+// Two passes: each pixel's normal is pulled back once into a, b = d loss / d d_u, d loss / d d_v
+// (6 values a pixel), then every depth pixel gathers from its four neighbours' entries. The
+// recomputing gather of the GPU builds each normal four times, which costs more than the
+// buffer on a CPU. Results are bitwise those of depth_to_normals_grad_pixel.
 template <typename T>
 void normals_backward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
-  const int64_t rows = a.batch * a.frames * a.height;
+  const int64_t rows = a.batch * a.frames * a.height, width = a.width;
+  std::vector<A> grads(static_cast<size_t>(rows * width * 6));
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t frame = r / a.height, y = r % a.height;
+    for (int64_t x = 0; x < width; ++x) {
+      Vec3<A> da, db;
+      normal_difference_grads<T, A>(a, frame / a.frames, frame % a.frames, x, y, da, db);
+      A* out = grads.data() + (r * width + x) * 6;
+      out[0] = da.x, out[1] = da.y, out[2] = da.z, out[3] = db.x, out[4] = db.y, out[5] = db.z;
+    }
+  }
   A* grad_depth = reinterpret_cast<A*>(a.grad_depth);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t frame = r / a.height, y = r % a.height;
-    for (int64_t x = 0; x < a.width; ++x)
-      grad_depth[r * a.width + x] =
-          depth_to_normals_grad_pixel<T, A>(a, frame / a.frames, frame % a.frames, x, y);
+    const A* frame_grads = grads.data() + frame * a.pixels() * 6;
+    for (int64_t x = 0; x < width; ++x)
+      grad_depth[r * width + x] =
+          gather_depth_grad<A>(a, frame, x, y, [&](int64_t nx, int64_t ny, Vec3<A>& da, Vec3<A>& db) {
+            const A* in = frame_grads + (ny * width + nx) * 6;
+            da = {in[0], in[1], in[2]};
+            db = {in[3], in[4], in[5]};
+          });
   }
 }
 
 template <typename T>
 void forward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
-  const int64_t rows = a.batch * a.pairs, jobs = rows * a.chunks, pixels = a.pixels();
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
+  const int64_t jobs = a.batch * a.pairs * a.chunks, pixels = a.pixels();
   A* partials = reinterpret_cast<A*>(a.partials);
-  A* error_map = reinterpret_cast<A*>(a.error_map);
-  uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t row = job / a.chunks, begin = (job % a.chunks) * a.chunk;
-    const int64_t end = begin + a.chunk < pixels ? begin + a.chunk : pixels;
-    const int64_t b = row / a.pairs, p = row % a.pairs;
-    const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
-    const A* rot = reinterpret_cast<const A*>(a.rotations) + row * 9;
-    const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + row * 12;
-    A sum = 0, count = 0;
+    const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels,
+                                      reinterpret_cast<const int64_t*>(a.pair_frames));
+    const A* rot = reinterpret_cast<const A*>(a.rotations) + c.pair.row * 9;
+    const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + c.pair.row * 12;
     NormalPairPixel<A> px;
-    for (int64_t e = begin; e < end; ++e) {
-      const bool valid = normal_stability_pixel<T, A>(a, b, i, j, rot, pm, e / a.width, e % a.width, px);
-      if (valid) {
-        sum += px.error;
-        count += A(1);
-      }
-      if (error_map) {
-        error_map[row * pixels + e] = valid ? px.error : A(0);
-        valid_mask[row * pixels + e] = valid;
-      }
-    }
-    partials[job * 2] = sum;
+    A sum, count;
+    score_chunk(c, 0, 1, pixels, reinterpret_cast<A*>(a.error_map), reinterpret_cast<uint8_t*>(a.valid_mask),
+                [&](int64_t e, A& error) {
+                  const bool valid = normal_stability_pixel<T, A>(a, c.pair.b, c.pair.i, c.pair.j, rot, pm,
+                                                                  e / a.width, e % a.width, px);
+                  error = valid ? px.error : A(0);
+                  return valid;
+                }, sum, count);
+    partials[job * 2] = sum;  // locals, not the buffer: the loop keeps them in registers
     partials[job * 2 + 1] = count;
   }
 }
@@ -72,40 +84,33 @@ template <typename T>
 void backward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
   const int64_t pixels = a.pixels(), frames_total = a.batch * a.frames;
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
-  const A* grad_error = reinterpret_cast<const A*>(a.grad_error);
-  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t frame = 0; frame < frames_total; ++frame) {
     const int64_t b = frame / a.frames, t = frame % a.frames;
     A* out = reinterpret_cast<A*>(a.grad_normals) + frame * 3 * pixels;
     NormalPairPixel<A> px;
-    for (int64_t p = 0; p < a.pairs; ++p) {
-      const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
-      if (i != t && j != t) continue;
-      const int64_t row = b * a.pairs + p;
-      const A* rot = reinterpret_cast<const A*>(a.rotations) + row * 9;
-      const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + row * 12;
-      for (int64_t e = 0; e < pixels; ++e) {
-        const A g = grad_error[row] + (grad_map ? grad_map[row * pixels + e] : A(0));
-        if (g == A(0)) continue;
-        if (!normal_stability_pixel<T, A>(a, b, i, j, rot, pm, e / a.width, e % a.width, px)) continue;
-        Vec3<A> gs, gt;
-        normal_stability_pixel_grad(a, rot, px, g, gs, gt);
-        if (i == t) {
-          out[e] += gs.x;
-          out[pixels + e] += gs.y;
-          out[2 * pixels + e] += gs.z;
-        }
-        if (j == t) {
-          const int64_t q = px.qy * a.width + px.qx;
-          out[q] += gt.x;
-          out[pixels + q] += gt.y;
-          out[2 * pixels + q] += gt.z;
-        }
-      }
-    }
+    for_each_pixel_touching_frame(
+        b, t, a.pairs, pixels, reinterpret_cast<const int64_t*>(a.pair_frames),
+        reinterpret_cast<const A*>(a.grad_error), reinterpret_cast<const A*>(a.grad_map),
+        [&](const PairRow& pair, int64_t e, A g) {
+          const A* rot = reinterpret_cast<const A*>(a.rotations) + pair.row * 9;
+          const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
+          if (!normal_stability_pixel<T, A>(a, b, pair.i, pair.j, rot, pm, e / a.width, e % a.width, px)) return;
+          Vec3<A> gs, gt;
+          normal_stability_pixel_grad(a, rot, px, g, gs, gt);
+          if (pair.i == t) {
+            out[e] += gs.x;
+            out[pixels + e] += gs.y;
+            out[2 * pixels + e] += gs.z;
+          }
+          if (pair.j == t) {
+            const int64_t q = px.qy * a.width + px.qx;
+            out[q] += gt.x;
+            out[pixels + q] += gt.y;
+            out[2 * pixels + q] += gt.z;
+          }
+        });
   }
 }
 

@@ -40,30 +40,22 @@ __global__ void __launch_bounds__(kThreads) depth_to_normals_backward_kernel(Nor
 template <typename T>
 __global__ void __launch_bounds__(kThreads) normal_stability_forward_kernel(NormalStabilityArgs a) {
   using A = typename Acc<T>::type;
-  const int64_t job = blockIdx.x, row = job / a.chunks, begin = (job % a.chunks) * a.chunk;
-  const int64_t b = row / a.pairs, p = row % a.pairs, pixels = a.pixels();
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
-  const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
+  const int64_t job = blockIdx.x, pixels = a.pixels();
+  const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels, reinterpret_cast<const int64_t*>(a.pair_frames));
+  const int64_t row = c.pair.row;
   A rot[9], pm[12];
   for (int k = 0; k < 9; ++k) rot[k] = reinterpret_cast<const A*>(a.rotations)[row * 9 + k];
   for (int k = 0; k < 12; ++k) pm[k] = reinterpret_cast<const A*>(a.pair_matrices)[row * 12 + k];
-  A* error_map = reinterpret_cast<A*>(a.error_map);
-  uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
-  const int64_t end = min(begin + a.chunk, pixels);
 
-  A sum = 0, count = 0;
+  A sum, count;
   NormalPairPixel<A> px;
-  for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
-    const bool valid = normal_stability_pixel<T, A>(a, b, i, j, rot, pm, e / a.width, e % a.width, px);
-    if (valid) {
-      sum += px.error;
-      count += A(1);
-    }
-    if (error_map) {
-      error_map[row * pixels + e] = valid ? px.error : A(0);
-      valid_mask[row * pixels + e] = valid;
-    }
-  }
+  score_chunk(c, threadIdx.x, kThreads, pixels, reinterpret_cast<A*>(a.error_map),
+              reinterpret_cast<uint8_t*>(a.valid_mask), [&](int64_t e, A& error) {
+                const bool valid = normal_stability_pixel<T, A>(a, c.pair.b, c.pair.i, c.pair.j, rot, pm,
+                                                                e / a.width, e % a.width, px);
+                error = valid ? px.error : A(0);
+                return valid;
+              }, sum, count);
   sum = block_sum<kThreads>(sum);
   count = block_sum<kThreads>(count);
   if (threadIdx.x == 0) {
@@ -79,14 +71,11 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) normal_stability_backward_kernel(NormalStabilityArgs a,
                                                                              int64_t blocks_per_row) {
   using A = typename Acc<T>::type;
-  const int64_t row = blockIdx.x / blocks_per_row;
   const int64_t e = (blockIdx.x % blocks_per_row) * kThreads + threadIdx.x, pixels = a.pixels();
   if (e >= pixels) return;
-  const int64_t b = row / a.pairs, p = row % a.pairs;
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
-  const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
-  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
-  const A g = reinterpret_cast<const A*>(a.grad_error)[row] + (grad_map ? grad_map[row * pixels + e] : A(0));
+  const PairRow pr = PairRow::at(blockIdx.x / blocks_per_row, a.pairs, reinterpret_cast<const int64_t*>(a.pair_frames));
+  const int64_t row = pr.row, b = pr.b, i = pr.i, j = pr.j;
+  const A g = pixel_grad(reinterpret_cast<const A*>(a.grad_error), reinterpret_cast<const A*>(a.grad_map), row, pixels, e);
   if (g == A(0)) return;
   const A* rot = reinterpret_cast<const A*>(a.rotations) + row * 9;
   const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + row * 12;
@@ -104,15 +93,6 @@ __global__ void __launch_bounds__(kThreads) normal_stability_backward_kernel(Nor
   atomicAdd(target + 2 * pixels, gt.z);
 }
 
-void check_blocks(int64_t blocks, const char* what) {
-  if (blocks > 2147483647LL) throw std::invalid_argument(std::string(what) + ": too many blocks for one launch");
-}
-
-int64_t grid_stride_blocks(int64_t total) {
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  return blocks < 65535 * 16 ? blocks : 65535 * 16;
-}
-
 }  // namespace
 
 void depth_to_normals_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
@@ -120,8 +100,8 @@ void depth_to_normals_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
   if (total == 0) return;
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    depth_to_normals_kernel<T><<<static_cast<unsigned>(grid_stride_blocks(total)), kThreads, 0,
-                                 reinterpret_cast<cudaStream_t>(stream)>>>(args);
+    depth_to_normals_kernel<T><<<grid_stride_blocks(total, kThreads), kThreads, 0,
+                                 as_stream(stream)>>>(args);
   });
   check_launch("depth_to_normals");
 }
@@ -131,8 +111,8 @@ void depth_to_normals_backward_cuda(const NormalStabilityArgs& args, uintptr_t s
   if (total == 0) return;
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    depth_to_normals_backward_kernel<T><<<static_cast<unsigned>(grid_stride_blocks(total)), kThreads, 0,
-                                          reinterpret_cast<cudaStream_t>(stream)>>>(args);
+    depth_to_normals_backward_kernel<T><<<grid_stride_blocks(total, kThreads), kThreads, 0,
+                                          as_stream(stream)>>>(args);
   });
   check_launch("depth_to_normals_backward");
 }
@@ -144,7 +124,7 @@ void normal_stability_forward_cuda(const NormalStabilityArgs& args, uintptr_t st
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     normal_stability_forward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args);
+        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args);
   });
   check_launch("normal_stability_forward");
 }
@@ -157,7 +137,7 @@ void normal_stability_backward_cuda(const NormalStabilityArgs& args, uintptr_t s
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     normal_stability_backward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args, per_row);
+        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args, per_row);
   });
   check_launch("normal_stability_backward");
 }

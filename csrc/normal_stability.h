@@ -142,32 +142,51 @@ VGPA_HD bool frame_normal(const NormalStabilityArgs& a, int64_t b, int64_t t, in
                               kinv, x, y, s);
 }
 
-// d loss / d depth at pixel (x, y) of frame (b, t) from d loss / d normal of its four
-// neighbours (grad_normals, (3, H, W) of that frame): a gather, so no two threads write one
-// element. With r = K^-1 [x, y, 1], pixel (x, y) is the right neighbour of (x-1, y), the left
-// one of (x+1, y), the lower one of (x, y-1) and the upper one of (x, y+1):
-// grad = r . (a(x-1, y) - a(x+1, y) + b(x, y-1) - b(x, y+1)).
+// a = d loss / d d_u and b = d loss / d d_v of the normal of pixel (x, y) of frame (b, t), from
+// d loss / d normal of that frame (grad_normals, (3, H, W)); zeros where the pixel has no
+// normal or no upstream gradient.
 template <typename T, typename A>
-VGPA_HD A depth_to_normals_grad_pixel(const NormalStabilityArgs& a, int64_t b, int64_t t, int64_t x, int64_t y) {
-  const int64_t frame = b * a.frames + t, pixels = a.pixels();
-  const A* g = reinterpret_cast<const A*>(a.grad_normals) + frame * 3 * pixels;
+VGPA_HD void normal_difference_grads(const NormalStabilityArgs& a, int64_t b, int64_t t, int64_t x, int64_t y,
+                                     Vec3<A>& da, Vec3<A>& db) {
+  const int64_t pixels = a.pixels(), e = y * a.width + x;
+  const A* g = reinterpret_cast<const A*>(a.grad_normals) + (b * a.frames + t) * 3 * pixels;
+  const Vec3<A> up = {g[e], g[pixels + e], g[2 * pixels + e]};
+  da = db = Vec3<A>{A(0), A(0), A(0)};
+  if (up.x == A(0) && up.y == A(0) && up.z == A(0)) return;
+  SurfaceNormal<A> s;
+  if (frame_normal<T, A>(a, b, t, x, y, s)) surface_normal_pullback(s, up, da, db);
+}
+
+// d loss / d depth at pixel (x, y) of frame (b, t) from a, b = d loss / d d_u, d loss / d d_v of
+// its four neighbours' normals, fetched with grads(nx, ny, a, b): a gather, so no two threads
+// write one element. With r = K^-1 [x, y, 1], pixel (x, y) is the right neighbour of (x-1, y),
+// the left one of (x+1, y), the lower one of (x, y-1) and the upper one of (x, y+1):
+// grad = r . (a(x-1, y) - a(x+1, y) + b(x, y-1) - b(x, y+1)), summed in this order. Zero parts
+// are skipped (the sum starts at +0, so that changes no bit).
+template <typename A, typename Grads>
+VGPA_HD A gather_depth_grad(const NormalStabilityArgs& a, int64_t frame, int64_t x, int64_t y, Grads&& grads) {
   Vec3<A> total = {A(0), A(0), A(0)};
   const int64_t nx[4] = {x - 1, x + 1, x, x};
   const int64_t ny[4] = {y, y, y - 1, y + 1};
   for (int k = 0; k < 4; ++k) {
     if (nx[k] < 0 || nx[k] >= a.width || ny[k] < 0 || ny[k] >= a.height) continue;
-    const int64_t e = ny[k] * a.width + nx[k];
-    const Vec3<A> up = {g[e], g[pixels + e], g[2 * pixels + e]};
-    if (up.x == A(0) && up.y == A(0) && up.z == A(0)) continue;
-    SurfaceNormal<A> s;
-    if (!frame_normal<T, A>(a, b, t, nx[k], ny[k], s)) continue;
     Vec3<A> da, db;
-    surface_normal_pullback(s, up, da, db);
+    grads(nx[k], ny[k], da, db);
     const Vec3<A> part = k < 2 ? da : db;
+    if (part.x == A(0) && part.y == A(0) && part.z == A(0)) continue;
     total = (k & 1) ? sub3(total, part) : Vec3<A>{total.x + part.x, total.y + part.y, total.z + part.z};
   }
   const A* kinv = reinterpret_cast<const A*>(a.inverse_intrinsics) + frame * 9;
   return dot3(unproject(kinv, A(x), A(y), A(1)), total);
+}
+
+// The gather with every neighbour's normal recomputed (the GPU path: recomputing is cheaper
+// than a round trip through memory there).
+template <typename T, typename A>
+VGPA_HD A depth_to_normals_grad_pixel(const NormalStabilityArgs& a, int64_t b, int64_t t, int64_t x, int64_t y) {
+  return gather_depth_grad<A>(a, b * a.frames + t, x, y, [&](int64_t nx, int64_t ny, Vec3<A>& da, Vec3<A>& db) {
+    normal_difference_grads<T, A>(a, b, t, nx, ny, da, db);
+  });
 }
 
 template <typename T, typename A>

@@ -8,36 +8,25 @@ namespace {
 template <typename T>
 void forward(const ReprojectionErrorArgs& a) {
   using A = typename Acc<T>::type;
-  const int64_t rows = a.batch * a.pairs, jobs = rows * a.chunks, pixels = a.pixels();
-  const A* pair_matrices = reinterpret_cast<const A*>(a.pair_matrices);
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
+  const int64_t jobs = a.batch * a.pairs * a.chunks, pixels = a.pixels();
   A* partials = reinterpret_cast<A*>(a.partials);
-  A* error_map = reinterpret_cast<A*>(a.error_map);
-  uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
 
   // One job = one fixed chunk of one (video, pair): the partials do not depend on threading.
 #pragma omp parallel for schedule(static)
   for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t row = job / a.chunks, begin = (job % a.chunks) * a.chunk;
-    const int64_t b = row / a.pairs, p = row % a.pairs;
-    const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
-    const A* pm = pair_matrices + row * 12;
-    const int64_t end = begin + a.chunk < pixels ? begin + a.chunk : pixels;
-    A sum = 0, count = 0;
+    const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels,
+                                      reinterpret_cast<const int64_t*>(a.pair_frames));
+    const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + c.pair.row * 12;
     ReprojectedPixel<A> px;
-    for (int64_t e = begin; e < end; ++e) {
-      const int64_t y = e / a.width, x = e % a.width;
-      const bool valid = reproject_pixel<T, A>(a, b, i, j, pm, y, x, px);
-      if (valid) {
-        sum += px.error;
-        count += A(1);
-      }
-      if (error_map) {
-        error_map[row * pixels + e] = valid ? px.error : A(0);
-        valid_mask[row * pixels + e] = valid;
-      }
-    }
-    partials[job * 2] = sum;
+    A sum, count;
+    score_chunk(c, 0, 1, pixels, reinterpret_cast<A*>(a.error_map), reinterpret_cast<uint8_t*>(a.valid_mask),
+                [&](int64_t e, A& error) {
+                  const bool valid = reproject_pixel<T, A>(a, c.pair.b, c.pair.i, c.pair.j, pm, e / a.width,
+                                                           e % a.width, px);
+                  error = valid ? px.error : A(0);
+                  return valid;
+                }, sum, count);
+    partials[job * 2] = sum;  // locals, not the buffer: the loop keeps them in registers
     partials[job * 2 + 1] = count;
   }
 }
@@ -66,9 +55,6 @@ void backward(const ReprojectionErrorArgs& a) {
   using A = typename Acc<T>::type;
   const int64_t pixels = a.pixels(), frames_total = a.batch * a.frames;
   const A* pair_matrices = reinterpret_cast<const A*>(a.pair_matrices);
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
-  const A* grad_error = reinterpret_cast<const A*>(a.grad_error);
-  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
   A* grad_depth = reinterpret_cast<A*>(a.grad_depth);
   A* grad_image = reinterpret_cast<A*>(a.grad_image);
 
@@ -80,20 +66,14 @@ void backward(const ReprojectionErrorArgs& a) {
     OwnedFrameSink<A> sink{a, t, grad_depth ? grad_depth + frame * pixels : nullptr,
                            grad_image ? grad_image + frame * a.channels * pixels : nullptr};
     ReprojectedPixel<A> px;
-    for (int64_t p = 0; p < a.pairs; ++p) {
-      const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
-      if (i != t && j != t) continue;
-      const int64_t row = b * a.pairs + p;
-      const A* pm = pair_matrices + row * 12;
-      const A g_mean = grad_error[row];
-      for (int64_t e = 0; e < pixels; ++e) {
-        const A g = grad_map ? g_mean + grad_map[row * pixels + e] : g_mean;
-        if (g == A(0)) continue;
-        const int64_t y = e / a.width, x = e % a.width;
-        if (reproject_pixel<T, A>(a, b, i, j, pm, y, x, px))
-          reproject_pixel_backward<T, A>(a, b, i, j, y, x, px, g, sink);
-      }
-    }
+    for_each_pixel_touching_frame(
+        b, t, a.pairs, pixels, reinterpret_cast<const int64_t*>(a.pair_frames),
+        reinterpret_cast<const A*>(a.grad_error), reinterpret_cast<const A*>(a.grad_map),
+        [&](const PairRow& pair, int64_t e, A g) {
+          const int64_t y = e / a.width, x = e % a.width;
+          if (reproject_pixel<T, A>(a, b, pair.i, pair.j, pair_matrices + pair.row * 12, y, x, px))
+            reproject_pixel_backward<T, A>(a, b, pair.i, pair.j, y, x, px, g, sink);
+        });
   }
 }
 

@@ -16,30 +16,20 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void __launch_bounds__(kThreads) reprojection_error_forward_kernel(ReprojectionErrorArgs a) {
   using A = typename Acc<T>::type;
-  const int64_t job = blockIdx.x, row = job / a.chunks, begin = (job % a.chunks) * a.chunk;
-  const int64_t b = row / a.pairs, p = row % a.pairs, pixels = a.pixels();
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
-  const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
+  const int64_t job = blockIdx.x, pixels = a.pixels();
+  const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels, reinterpret_cast<const int64_t*>(a.pair_frames));
   A pm[12];
-  for (int k = 0; k < 12; ++k) pm[k] = reinterpret_cast<const A*>(a.pair_matrices)[row * 12 + k];
-  A* error_map = reinterpret_cast<A*>(a.error_map);
-  uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
-  const int64_t end = min(begin + a.chunk, pixels);
+  for (int k = 0; k < 12; ++k) pm[k] = reinterpret_cast<const A*>(a.pair_matrices)[c.pair.row * 12 + k];
 
-  A sum = 0, count = 0;
+  A sum, count;
   ReprojectedPixel<A> px;
-  for (int64_t e = begin + threadIdx.x; e < end; e += kThreads) {
-    const int64_t y = e / a.width, x = e % a.width;
-    const bool valid = reproject_pixel<T, A>(a, b, i, j, pm, y, x, px);
-    if (valid) {
-      sum += px.error;
-      count += A(1);
-    }
-    if (error_map) {
-      error_map[row * pixels + e] = valid ? px.error : A(0);
-      valid_mask[row * pixels + e] = valid;
-    }
-  }
+  score_chunk(c, threadIdx.x, kThreads, pixels, reinterpret_cast<A*>(a.error_map),
+              reinterpret_cast<uint8_t*>(a.valid_mask), [&](int64_t e, A& error) {
+                const bool valid = reproject_pixel<T, A>(a, c.pair.b, c.pair.i, c.pair.j, pm, e / a.width,
+                                                         e % a.width, px);
+                error = valid ? px.error : A(0);
+                return valid;
+              }, sum, count);
   sum = block_sum<kThreads>(sum);
   count = block_sum<kThreads>(count);
   if (threadIdx.x == 0) {
@@ -72,15 +62,12 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) reprojection_error_backward_kernel(ReprojectionErrorArgs a,
                                                                                int64_t blocks_per_row) {
   using A = typename Acc<T>::type;
-  const int64_t row = blockIdx.x / blocks_per_row;
   const int64_t e = (blockIdx.x % blocks_per_row) * kThreads + threadIdx.x, pixels = a.pixels();
   if (e >= pixels) return;
-  const int64_t b = row / a.pairs, p = row % a.pairs;
-  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
-  const int64_t i = pair_frames[2 * p], j = pair_frames[2 * p + 1];
+  const PairRow pr = PairRow::at(blockIdx.x / blocks_per_row, a.pairs, reinterpret_cast<const int64_t*>(a.pair_frames));
+  const int64_t row = pr.row, b = pr.b, i = pr.i, j = pr.j;
   const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + row * 12;
-  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
-  const A g = reinterpret_cast<const A*>(a.grad_error)[row] + (grad_map ? grad_map[row * pixels + e] : A(0));
+  const A g = pixel_grad(reinterpret_cast<const A*>(a.grad_error), reinterpret_cast<const A*>(a.grad_map), row, pixels, e);
   if (g == A(0)) return;
   const int64_t y = e / a.width, x = e % a.width;
   ReprojectedPixel<A> px;
@@ -100,10 +87,6 @@ __global__ void __launch_bounds__(kThreads) unproject_depth_kernel(UnprojectDept
   }
 }
 
-void check_blocks(int64_t blocks, const char* what) {
-  if (blocks > 2147483647LL) throw std::invalid_argument(std::string(what) + ": too many blocks for one launch");
-}
-
 }  // namespace
 
 void reprojection_error_forward_cuda(const ReprojectionErrorArgs& args, uintptr_t stream) {
@@ -113,7 +96,7 @@ void reprojection_error_forward_cuda(const ReprojectionErrorArgs& args, uintptr_
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     reprojection_error_forward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args);
+        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args);
   });
   check_launch("reprojection_error_forward");
 }
@@ -126,7 +109,7 @@ void reprojection_error_backward_cuda(const ReprojectionErrorArgs& args, uintptr
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     reprojection_error_backward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args, per_row);
+        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args, per_row);
   });
   check_launch("reprojection_error_backward");
 }
@@ -134,12 +117,10 @@ void reprojection_error_backward_cuda(const ReprojectionErrorArgs& args, uintptr
 void unproject_depth_cuda(const UnprojectDepthArgs& args, uintptr_t stream) {
   const int64_t total = args.frames_total * args.height * args.width;
   if (total == 0) return;
-  int64_t blocks = (total + kThreads - 1) / kThreads;
-  blocks = blocks < 65535 * 16 ? blocks : 65535 * 16;
   dispatch_dtype(args.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     unproject_depth_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(args);
+        <<<grid_stride_blocks(total, kThreads), kThreads, 0, as_stream(stream)>>>(args);
   });
   check_launch("unproject_depth");
 }

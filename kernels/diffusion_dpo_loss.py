@@ -5,9 +5,10 @@ program reduces one fixed chunk of one (sample, segment) into a partial sum, so 
 does not depend on scheduling: the partials are summed in a fixed order afterwards.
 """
 
-import torch
 import triton
 import triton.language as tl
+
+from ._common import accumulation_type
 
 BLOCK = 1024
 
@@ -106,10 +107,6 @@ def diffusion_dpo_loss_backward_kernel(
     tl.store(g_ptr + g_off, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _single_row(sizes):
     frames, a, b, _ = sizes
     return frames == 1 and a == 1 and b == 1
@@ -122,7 +119,7 @@ def diffusion_dpo_loss_forward(m, r, t, w, partials, sizes, strides, segments, c
     diffusion_dpo_loss_forward_kernel[grid](
         m, r, t, m if w is None else w, partials, segments, chunks, *sizes,
         *strides[0], *strides[1], *strides[2], *strides[3],
-        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, SINGLE_ROW=_single_row(sizes), CHUNK=chunk,
+        ACC=accumulation_type(m.dtype), HAS_WEIGHT=w is not None, SINGLE_ROW=_single_row(sizes), CHUNK=chunk,
         BLOCK=min(BLOCK, chunk),
     )
 
@@ -136,5 +133,5 @@ def diffusion_dpo_loss_backward(scale, m, t, w, g, sizes, strides, segments):
     diffusion_dpo_loss_backward_kernel[grid](
         scale, m, t, m if w is None else w, g, segments, *sizes,
         *strides[0], *strides[1], *strides[2], *strides[3],
-        ACC=_acc(m.dtype), HAS_WEIGHT=w is not None, SINGLE_ROW=_single_row(sizes), BLOCK=BLOCK,
+        ACC=accumulation_type(m.dtype), HAS_WEIGHT=w is not None, SINGLE_ROW=_single_row(sizes), BLOCK=BLOCK,
     )

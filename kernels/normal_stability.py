@@ -9,10 +9,10 @@ floating-point atomics (the order of the additions is not fixed), then each dept
 its gradient from the four normals that use it (deterministic).
 """
 
-import torch
 import triton
 import triton.language as tl
 
+from ._common import accumulation_type
 from .geometry import bilinear_corner, bilinear_tap, depth_is_valid, inside_image, unproject, warp_pixel
 
 BLOCK = 256
@@ -278,17 +278,13 @@ def normal_stability_backward_kernel(
     tl.atomic_add(target + 2 * pixels, d * rnz, mask=mask)
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def depth_to_normals(depth, inverse_intrinsics, normals, valid):
     """depth (B, T, H, W) any strides, K^-1 (B * T, 9) -> normals (B * T, 3, H, W) in their
     dtype and valid (B * T, H, W) uint8, both contiguous."""
     batch, frames, height, width = depth.shape
     grid = (triton.cdiv(height * width, BLOCK), batch * frames)
     depth_to_normals_kernel[grid](depth, inverse_intrinsics, normals, valid, frames, height, width, *depth.stride(),
-                                  ACC=_acc(depth.dtype), BLOCK=BLOCK)
+                                  ACC=accumulation_type(depth.dtype), BLOCK=BLOCK)
 
 
 def depth_to_normals_backward(depth, inverse_intrinsics, grad_normals, grad_depth):
@@ -296,7 +292,7 @@ def depth_to_normals_backward(depth, inverse_intrinsics, grad_normals, grad_dept
     batch, frames, height, width = depth.shape
     grid = (triton.cdiv(height * width, BLOCK), batch * frames)
     depth_to_normals_backward_kernel[grid](depth, inverse_intrinsics, grad_normals, grad_depth, frames, height, width,
-                                           *depth.stride(), ACC=_acc(depth.dtype), BLOCK=BLOCK)
+                                           *depth.stride(), ACC=accumulation_type(depth.dtype), BLOCK=BLOCK)
 
 
 def normal_stability_forward(depth, inverse_intrinsics, rotations, pair_matrices, pair_frames, partials, error_map,
@@ -310,7 +306,7 @@ def normal_stability_forward(depth, inverse_intrinsics, rotations, pair_matrices
         error_map if write_map else partials, valid_mask if write_map else partials,
         pair_frames.shape[0], frames, height, width, chunks, 0.0 if occlusion_tol is None else float(occlusion_tol),
         *depth.stride(), WARP=warp, OCCLUSION=occlusion_tol is not None, WRITE_MAP=write_map,
-        ACC=_acc(depth.dtype), CHUNK=chunk, BLOCK=min(BLOCK, chunk),
+        ACC=accumulation_type(depth.dtype), CHUNK=chunk, BLOCK=min(BLOCK, chunk),
     )
 
 
@@ -327,5 +323,5 @@ def normal_stability_backward(depth, inverse_intrinsics, rotations, pair_matrice
         grad_error if grad_map is None else grad_map, grad_normals,
         pairs, frames, height, width, blocks, 0.0 if occlusion_tol is None else float(occlusion_tol),
         *depth.stride(), WARP=warp, OCCLUSION=occlusion_tol is not None, HAS_MAP_GRAD=grad_map is not None,
-        ACC=_acc(depth.dtype), BLOCK=BLOCK,
+        ACC=accumulation_type(depth.dtype), BLOCK=BLOCK,
     )

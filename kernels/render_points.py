@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import accumulation_type
+
 EMPTY_KEY = tl.constexpr(2**63 - 1)  # no point landed; every real key is smaller
 POINT_BLOCK = 1024
 PIXEL_BLOCK = 1024
@@ -167,7 +169,7 @@ def render_consistency(keys, colors, offsets, background, target, squared, cover
     videos, frames, height, width = keys.shape
     chunks = squared.shape[1]
     grid = (chunks, videos * frames)
-    acc = tl.float64 if squared.dtype == torch.float64 else tl.float32
+    acc = accumulation_type(squared.dtype)
     render_consistency_kernel[grid](keys, colors, offsets, background, target, squared, covered, frames,
                                     height * width, colors.shape[1], chunks, ACC=acc, MASKED=masked,
                                     CHUNK=chunk, BLOCK=min(PIXEL_BLOCK, chunk))

@@ -7,10 +7,10 @@ Backward: one program per block of pixels of one (video, pair), scattering into 
 image gradients with floating-point atomics (the order of the additions is not fixed).
 """
 
-import torch
 import triton
 import triton.language as tl
 
+from ._common import accumulation_type
 from .geometry import affine_point, bilinear_corner, bilinear_tap, depth_is_valid, inside_image, warp_pixel
 
 BLOCK = 256
@@ -244,10 +244,6 @@ def unproject_depth_kernel(depth_ptr, maps_ptr, out_ptr, T, H, W, sdB, sdT, sdH,
     tl.store(out + 2, pz.to(ty), mask=active)
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _strides(depth, image):
     image_strides = image.stride() if image is not None else (0,) * 5
     return (*depth.stride(), *image_strides)
@@ -267,7 +263,7 @@ def reprojection_error_forward(depth, image, pair_matrices, pair_frames, partial
         pairs, height, width, channels, chunks, 0.0 if occlusion_tol is None else float(occlusion_tol),
         *_strides(depth, image),
         ERROR=error_code, STRICT=strict, OCCLUSION=occlusion_tol is not None, WRITE_MAP=write_map,
-        ACC=_acc(depth.dtype), CHUNK=chunk, BLOCK=min(BLOCK, chunk),
+        ACC=accumulation_type(depth.dtype), CHUNK=chunk, BLOCK=min(BLOCK, chunk),
     )
 
 
@@ -288,7 +284,7 @@ def reprojection_error_backward(depth, image, pair_matrices, pair_frames, grad_e
         pairs, frames, height, width, channels, blocks, 0.0 if occlusion_tol is None else float(occlusion_tol),
         *_strides(depth, image),
         ERROR=error_code, STRICT=strict, OCCLUSION=occlusion_tol is not None, HAS_MAP_GRAD=grad_map is not None,
-        GRAD_DEPTH=grad_depth is not None, GRAD_IMAGE=grad_image is not None, ACC=_acc(depth.dtype), BLOCK=BLOCK,
+        GRAD_DEPTH=grad_depth is not None, GRAD_IMAGE=grad_image is not None, ACC=accumulation_type(depth.dtype), BLOCK=BLOCK,
     )
 
 
@@ -297,4 +293,4 @@ def unproject_depth(depth, ray_maps, points):
     batch, frames, height, width = depth.shape
     grid = (triton.cdiv(height * width, BLOCK), batch * frames)
     unproject_depth_kernel[grid](depth, ray_maps, points, frames, height, width, *depth.stride(),
-                                 ACC=_acc(depth.dtype), BLOCK=BLOCK)
+                                 ACC=accumulation_type(depth.dtype), BLOCK=BLOCK)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from conftest import KERNEL_BACKENDS
+from geometry_inputs import random_cameras, random_depth, rotation
 
 import vgpa
 from vgpa.reference import geometry
@@ -23,18 +24,6 @@ ALL_BACKENDS = KERNEL_BACKENDS + [pytest.param("torch", id="torch")]
 # Inputs
 
 
-def rotation(axis_angle):
-    """Rodrigues: (..., 3) axis-angle -> (..., 3, 3)."""
-    axis_angle = torch.as_tensor(axis_angle, dtype=torch.float64)
-    angle = axis_angle.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    k = axis_angle / angle
-    zero = torch.zeros_like(k[..., 0])
-    cross = torch.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0], -k[..., 1], k[..., 0], zero],
-                        -1).view(k.shape[:-1] + (3, 3))
-    angle = angle[..., None]
-    return torch.eye(3, dtype=torch.float64) + angle.sin() * cross + (1 - angle.cos()) * cross @ cross
-
-
 def pinhole(focal, height, width, batch=1, frames=1):
     k = torch.tensor([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
     return k.expand(batch, frames, 3, 3).clone()
@@ -44,21 +33,8 @@ def random_inputs(batch=2, frames=3, height=7, width=9, dtype=torch.float32):
     """Fresh every run: a rough surface (2 + U[0, 1)) with ~6% invalid depths (0, < 0, NaN,
     inf), a general K (skew, off-centre) and poses near identity."""
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
-    depth = 2 + torch.rand(batch, frames, height, width, generator=g)
-    flat = depth.view(-1)
-    index = torch.randperm(flat.numel(), generator=g)[: max(4, flat.numel() // 16)]
-    flat[index] = torch.tensor([0.0, -1.0, float("nan"), float("inf")])[torch.arange(index.numel()) % 4]
-    f = 0.9 * max(height, width) * (1 + 0.2 * torch.rand(batch, frames, generator=g))
-    intrinsics = torch.zeros(batch, frames, 3, 3)
-    intrinsics[..., 0, 0] = f
-    intrinsics[..., 1, 1] = f * (1 + 0.05 * torch.rand(batch, frames, generator=g))
-    intrinsics[..., 0, 1] = 0.01 * f * torch.randn(batch, frames, generator=g)
-    intrinsics[..., 0, 2] = (width - 1) / 2 + torch.randn(batch, frames, generator=g)
-    intrinsics[..., 1, 2] = (height - 1) / 2 + torch.randn(batch, frames, generator=g)
-    intrinsics[..., 2, 2] = 1
-    extrinsics = torch.eye(4).repeat(batch, frames, 1, 1)
-    extrinsics[..., :3, :3] = rotation(0.05 * torch.randn(batch, frames, 3, generator=g)).float()
-    extrinsics[..., :3, 3] = 0.1 * torch.randn(batch, frames, 3, generator=g)
+    depth = random_depth(batch, frames, height, width, g, invalid_share=16)
+    intrinsics, extrinsics = random_cameras(batch, frames, height, width, g, focal=0.9)
     return depth.to(dtype), intrinsics, extrinsics
 
 
@@ -85,7 +61,7 @@ def sphere_depth(r, centre, radius):
 
 def pose(axis_angle, translation):
     e = torch.eye(4, dtype=torch.float64)
-    e[:3, :3] = rotation(axis_angle)
+    e[:3, :3] = rotation(torch.as_tensor(axis_angle, dtype=torch.float64))
     e[:3, 3] = torch.as_tensor(translation, dtype=torch.float64)
     return e
 

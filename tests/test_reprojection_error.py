@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import KERNEL_BACKENDS
+from geometry_inputs import random_cameras, random_depth, rotation
 
 import vgpa
 from vgpa.metrics import mvcs
@@ -22,44 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 # --------------------------------------------------------------------------------------------
 # Inputs
-
-
-def rotation(axis_angle):
-    """Rodrigues: (..., 3) axis-angle -> (..., 3, 3)."""
-    angle = axis_angle.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    k = axis_angle / angle
-    zero = torch.zeros_like(k[..., 0])
-    cross = torch.stack([zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0], -k[..., 1], k[..., 0], zero],
-                        -1).view(k.shape[:-1] + (3, 3))
-    angle = angle[..., None]
-    eye = torch.eye(3, dtype=axis_angle.dtype)
-    return eye + angle.sin() * cross + (1 - angle.cos()) * cross @ cross
-
-
-def random_cameras(batch, frames, height, width, generator, motion=0.05):
-    """Random K (B, T, 3, 3) and world-to-camera poses near identity (B, T, 4, 4)."""
-    f = 0.8 * max(height, width) * (1 + 0.2 * torch.rand(batch, frames, generator=generator))
-    intrinsics = torch.zeros(batch, frames, 3, 3)
-    intrinsics[..., 0, 0] = f
-    intrinsics[..., 1, 1] = f * (1 + 0.05 * torch.rand(batch, frames, generator=generator))
-    intrinsics[..., 0, 1] = 0.01 * f * torch.randn(batch, frames, generator=generator)  # skew: K is general
-    intrinsics[..., 0, 2] = (width - 1) / 2 + torch.randn(batch, frames, generator=generator)
-    intrinsics[..., 1, 2] = (height - 1) / 2 + torch.randn(batch, frames, generator=generator)
-    intrinsics[..., 2, 2] = 1
-    extrinsics = torch.eye(4).repeat(batch, frames, 1, 1)
-    extrinsics[..., :3, :3] = rotation(motion * torch.randn(batch, frames, 3, generator=generator))
-    extrinsics[..., :3, 3] = 2 * motion * torch.randn(batch, frames, 3, generator=generator)
-    return intrinsics, extrinsics
-
-
-def random_depth(batch, frames, height, width, generator, invalid=True):
-    depth = 2 + torch.rand(batch, frames, height, width, generator=generator)
-    if invalid:
-        flat = depth.view(-1)
-        index = torch.randperm(flat.numel(), generator=generator)[: max(4, flat.numel() // 20)]
-        bad = torch.tensor([0.0, -1.0, float("nan"), float("inf")])
-        flat[index] = bad[torch.arange(index.numel()) % 4]
-    return depth
 
 
 def inputs(batch=2, frames=3, height=7, width=9, seed=0, invalid=True, channels=0):

@@ -12,20 +12,18 @@ pixel gathers its gradient from the four normals that use it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .. import _backend
-from ..pairs import adjacent_pairs
+from .. import _backend, _checks
+from .._dtypes import accumulation_dtype as _acc
 from ..reference import geometry
 from ..reference import normal_stability as reference
-from ..reference.reprojection_error import accumulation_dtype as _acc
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FLOAT_DTYPES = _checks.FLOAT_DTYPES
 
 # Pixels reduced into one partial sum, per backend: fixed, so sums are bitwise reproducible.
 CHUNK = {"cpu": 4096, "cuda": 4096, "triton": 4096}
@@ -280,60 +278,6 @@ _stability_op.register_autograd(_stability_backward, setup_context=_stability_se
 
 
 # --------------------------------------------------------------------------------------------
-# Input checks
-
-
-def _check_tensor(op, name, x, ref=None):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {x.dtype}")
-    if ref is not None and x.device != ref.device:
-        raise ValueError(f"{op}: {name} is on {x.device} but depth is on {ref.device}")
-
-
-def _check_depth(op, depth, min_dim):
-    _check_tensor(op, "depth", depth)
-    if depth.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: depth has dtype {depth.dtype}; expected one of {FLOAT_DTYPES}")
-    if depth.numel() == 0 or depth.dim() < min_dim:
-        what = "(B, T, H, W)" if min_dim == 4 else "(..., H, W)"
-        raise ValueError(f"{op}: depth must be a non-empty {what} tensor, got shape {tuple(depth.shape)}")
-
-
-def _check_occlusion_tol(op, occlusion_tol):
-    if occlusion_tol is None:
-        return None
-    if isinstance(occlusion_tol, (bool, Tensor)) or not isinstance(occlusion_tol, (int, float)) \
-            or not math.isfinite(occlusion_tol) or occlusion_tol < 0:
-        raise ValueError(f"{op}: occlusion_tol must be None or a finite number >= 0, got {occlusion_tol!r}")
-    return float(occlusion_tol)
-
-
-def _check_pairs(op, pairs, frames, device):
-    checked = False
-    if pairs is None:
-        if frames < 2:
-            raise ValueError(f"{op}: the default consecutive pairs need T >= 2 frames, got T = {frames}")
-        pairs, checked = adjacent_pairs(frames), True
-    if not isinstance(pairs, Tensor):
-        try:
-            pairs = torch.tensor(pairs, dtype=torch.int64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{op}: pairs must be a (P, 2) integer tensor or a sequence of (i, j), got {pairs!r}") \
-                from exc
-    if pairs.dtype.is_floating_point or pairs.dtype.is_complex or pairs.dtype == torch.bool:
-        raise TypeError(f"{op}: pairs must hold integer frame indices, got dtype {pairs.dtype}")
-    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
-        raise ValueError(f"{op}: pairs must have shape (P, 2) with P >= 1, got {tuple(pairs.shape)}")
-    if not checked and not torch.compiler.is_compiling():
-        low, high = int(pairs.min()), int(pairs.max())  # one tiny sync when pairs live on a GPU
-        if low < 0 or high >= frames:
-            raise ValueError(f"{op}: pairs hold frame indices in [{low}, {high}] but depth has {frames} frames")
-    return pairs.to(device=device, dtype=torch.int64).contiguous()
-
-
-# --------------------------------------------------------------------------------------------
 # Public API
 
 
@@ -354,8 +298,8 @@ def depth_to_normals(depth: Tensor, intrinsics: Tensor, backend: str = "auto") -
     "triton", "cpu" or "torch". Raises ValueError for a singular K.
     """
     op = "depth_to_normals"
-    _check_depth(op, depth, 2)
-    _check_tensor(op, "intrinsics", intrinsics, depth)
+    _checks.depth(op, depth, batched=False)
+    _checks.tensor(op, "intrinsics", intrinsics, depth)
     lead, (height, width) = depth.shape[:-2], depth.shape[-2:]
     try:
         broadcast = torch.broadcast_shapes(intrinsics.shape[:-2], lead) if intrinsics.dim() >= 2 else None
@@ -403,28 +347,20 @@ def normal_stability(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Ten
     "torch". Raises ValueError for a singular K (checked on the host).
     """
     op = "normal_stability"
-    _check_depth(op, depth, 4)
-    if depth.dim() != 4:
-        raise ValueError(f"{op}: depth must be a non-empty (B, T, H, W) tensor, got shape {tuple(depth.shape)}")
-    batch, frames = depth.shape[:2]
-    _check_tensor(op, "intrinsics", intrinsics, depth)
-    if intrinsics.shape == (batch, 3, 3):
-        intrinsics = intrinsics.unsqueeze(1).expand(batch, frames, 3, 3)
-    if intrinsics.shape != (batch, frames, 3, 3):
-        raise ValueError(f"{op}: intrinsics must be (B, T, 3, 3) or (B, 3, 3) = ({batch}, {frames}, 3, 3) or "
-                         f"({batch}, 3, 3) for depth of shape {tuple(depth.shape)}; got {tuple(intrinsics.shape)}")
+    _checks.depth(op, depth)
+    frames = depth.shape[1]
+    _checks.tensor(op, "intrinsics", intrinsics, depth)
+    intrinsics = _checks.intrinsics_shape(op, depth, intrinsics)
     if not isinstance(warp, bool):
         raise TypeError(f"{op}: warp must be a bool, got {type(warp).__name__}")
     if extrinsics is None:
         if warp:
             raise ValueError(f"{op}: extrinsics are needed with warp=True (pass warp=False for a static camera)")
     else:
-        _check_tensor(op, "extrinsics", extrinsics, depth)
-        if extrinsics.shape not in ((batch, frames, 4, 4), (batch, frames, 3, 4)):
-            raise ValueError(f"{op}: extrinsics must be (B, T, 4, 4) or (B, T, 3, 4) = ({batch}, {frames}, 4|3, 4) "
-                             f"for depth of shape {tuple(depth.shape)}; got {tuple(extrinsics.shape)}")
-    occlusion_tol = _check_occlusion_tol(op, occlusion_tol)
-    pairs = _check_pairs(op, pairs, frames, depth.device)
+        _checks.tensor(op, "extrinsics", extrinsics, depth)
+        _checks.extrinsics_shape(op, depth, extrinsics)
+    occlusion_tol = _checks.occlusion_tol(op, occlusion_tol)
+    pairs = _checks.pairs(op, pairs, frames, depth.device)
     resolved = _backend.resolve(backend, depth.device, op)
     if resolved == "torch":  # the reference, differentiated by autograd
         mean, count, error_map, valid_mask = reference.normal_stability(depth, intrinsics, extrinsics, pairs, warp,

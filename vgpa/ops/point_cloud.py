@@ -10,7 +10,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._dtypes import accumulation_dtype
 from ..reference import render_points as reference
+from .reprojection_error import unproject_depth
 
 OP = "point_cloud"
 
@@ -88,7 +90,8 @@ def point_cloud(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, colors: T
     """
     _check(depth, intrinsics, extrinsics, colors, conf, conf_threshold)
     b, _, h, w = depth.shape
-    world = reference.unproject(depth, intrinsics, extrinsics).reshape(b, -1, 3)
+    # Unprojected in the accumulation dtype, so half-precision depth still gives float32 points.
+    world = unproject_depth(depth.to(accumulation_dtype(depth.dtype)), intrinsics, extrinsics).reshape(b, -1, 3)
     pixel_colors = colors.permute(0, 1, 3, 4, 2).reshape(b, -1, colors.shape[2])
     selection = reference.point_cloud_selection(depth, conf, float(conf_threshold))
     points = torch.cat([world[i, index] for i, index in enumerate(selection)])

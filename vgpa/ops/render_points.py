@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from .._dtypes import accumulation_dtype
 from ..reference import render_points as reference
 from .point_cloud import PointCloud
 
@@ -137,7 +138,7 @@ def _consistency_kernel(backend, points, colors, offsets, counts, rows, frames, 
     hw = height * width
     chunk = CHUNK[backend]
     chunks = -(-hw // chunk)
-    acc = reference.accumulation_dtype(frames.dtype)
+    acc = accumulation_dtype(frames.dtype)
     squared = torch.empty((videos * steps, chunks), dtype=acc, device=points.device)
     covered = torch.empty((videos * steps, chunks), dtype=torch.int64, device=points.device)
     if backend == "triton":
@@ -192,7 +193,7 @@ def _consistency_op(points: Tensor, colors: Tensor, offsets: Tensor, counts: Ten
 
 @_consistency_op.register_fake
 def _(points, colors, offsets, counts, rows, frames, background, masked, backend):
-    acc = reference.accumulation_dtype(frames.dtype)
+    acc = accumulation_dtype(frames.dtype)
     shape = frames.shape[:2]
     return frames.new_empty(shape, dtype=acc), frames.new_empty(shape, dtype=acc)
 

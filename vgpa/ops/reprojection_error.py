@@ -9,20 +9,19 @@ Only the tiny per-pair camera matrices (B, P, 12) are built in torch before the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .. import _backend
-from ..pairs import adjacent_pairs
+from .. import _backend, _checks
+from .._dtypes import accumulation_dtype as _acc
 from ..reference import geometry
 from ..reference import reprojection_error as reference
 
 OP = "reprojection_error"
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FLOAT_DTYPES = _checks.FLOAT_DTYPES
 ERROR_CODES = {"abs_rel": 0, "abs": 1, "sq": 2, "log": 3, "photometric": 4}  # csrc ReprojectionErrorKind
 VALIDITY_MODES = reference.VALIDITY_MODES
 
@@ -44,10 +43,6 @@ class ReprojectionErrorResult:
     valid_count: Tensor
     error_map: Optional[Tensor] = None
     valid_mask: Optional[Tensor] = None
-
-
-def _acc(dtype):
-    return reference.accumulation_dtype(dtype)
 
 
 def _empty_map(depth):
@@ -270,62 +265,6 @@ _unproject_op.register_autograd(_unproject_backward, setup_context=_unproject_se
 # Public API
 
 
-def _check_tensor(name, x, ref=None):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{OP}: {name} must be a floating-point tensor, got dtype {x.dtype}")
-    if ref is not None and x.device != ref.device:
-        raise ValueError(f"{OP}: {name} is on {x.device} but depth is on {ref.device}")
-
-
-def _check_cameras(depth, intrinsics, extrinsics):
-    """Returns intrinsics (B, T, 3, 3) and extrinsics (B, T, 3|4, 4), expanded without copies."""
-    batch, frames = depth.shape[:2]
-    _check_tensor("intrinsics", intrinsics, depth)
-    _check_tensor("extrinsics", extrinsics, depth)
-    if intrinsics.shape == (batch, 3, 3):
-        intrinsics = intrinsics.unsqueeze(1).expand(batch, frames, 3, 3)
-    if intrinsics.shape != (batch, frames, 3, 3):
-        raise ValueError(f"{OP}: intrinsics must be (B, T, 3, 3) or (B, 3, 3) = ({batch}, {frames}, 3, 3) or "
-                         f"({batch}, 3, 3) for depth of shape {tuple(depth.shape)}; got {tuple(intrinsics.shape)}")
-    if extrinsics.shape not in ((batch, frames, 4, 4), (batch, frames, 3, 4)):
-        raise ValueError(f"{OP}: extrinsics must be (B, T, 4, 4) or (B, T, 3, 4) = ({batch}, {frames}, 4|3, 4) "
-                         f"for depth of shape {tuple(depth.shape)}; got {tuple(extrinsics.shape)}")
-    return intrinsics, extrinsics
-
-
-def _check_depth(depth, what="depth"):
-    _check_tensor(what, depth)
-    if depth.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{OP}: depth has dtype {depth.dtype}; expected one of {FLOAT_DTYPES}")
-    if depth.dim() != 4 or depth.numel() == 0:
-        raise ValueError(f"{OP}: depth must be a non-empty (B, T, H, W) tensor, got shape {tuple(depth.shape)}")
-
-
-def _check_pairs(pairs, frames, device):
-    checked = False
-    if pairs is None:
-        if frames < 2:
-            raise ValueError(f"{OP}: the default consecutive pairs need T >= 2 frames, got T = {frames}")
-        pairs, checked = adjacent_pairs(frames), True
-    if not isinstance(pairs, Tensor):
-        try:
-            pairs = torch.tensor(pairs, dtype=torch.int64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{OP}: pairs must be a (P, 2) integer tensor or a sequence of (i, j), got {pairs!r}") \
-                from exc
-    if pairs.dtype.is_floating_point or pairs.dtype.is_complex or pairs.dtype == torch.bool:
-        raise TypeError(f"{OP}: pairs must hold integer frame indices, got dtype {pairs.dtype}")
-    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
-        raise ValueError(f"{OP}: pairs must have shape (P, 2) with P >= 1, got {tuple(pairs.shape)}")
-    if not checked and not torch.compiler.is_compiling():
-        low, high = int(pairs.min()), int(pairs.max())  # one tiny sync when pairs live on a GPU
-        if low < 0 or high >= frames:
-            raise ValueError(f"{OP}: pairs hold frame indices in [{low}, {high}] but depth has {frames} frames")
-    return pairs.to(device=device, dtype=torch.int64).contiguous()
-
-
 def _resolve_error(error, image):
     if error is None:
         return "abs_rel" if image is None else "photometric"
@@ -365,11 +304,11 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor,
     backend: "auto", "cuda", "triton", "cpu" or "torch". Raises ValueError for a singular K
     (checked on the host: one tiny device sync per call).
     """
-    _check_depth(depth)
+    _checks.depth(OP, depth)
     batch, frames, height, width = depth.shape
-    intrinsics, extrinsics = _check_cameras(depth, intrinsics, extrinsics)
+    intrinsics, extrinsics = _checks.cameras(OP, depth, intrinsics, extrinsics)
     if image is not None:
-        _check_tensor("image", image, depth)
+        _checks.tensor(OP, "image", image, depth)
         if image.dtype != depth.dtype:
             raise TypeError(f"{OP}: image has dtype {image.dtype} but depth has {depth.dtype}; cast them to one dtype")
         if image.dim() != 5 or image.shape[:2] != depth.shape[:2] or image.shape[3:] != depth.shape[2:] \
@@ -379,12 +318,8 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor,
     error = _resolve_error(error, image)
     if validity not in VALIDITY_MODES:
         raise ValueError(f"{OP}: unknown validity {validity!r}; choose one of {VALIDITY_MODES}")
-    if occlusion_tol is not None:
-        if isinstance(occlusion_tol, (bool, Tensor)) or not isinstance(occlusion_tol, (int, float)) \
-                or not math.isfinite(occlusion_tol) or occlusion_tol < 0:
-            raise ValueError(f"{OP}: occlusion_tol must be None or a finite number >= 0, got {occlusion_tol!r}")
-        occlusion_tol = float(occlusion_tol)
-    pairs = _check_pairs(pairs, frames, depth.device)
+    occlusion_tol = _checks.occlusion_tol(OP, occlusion_tol)
+    pairs = _checks.pairs(OP, pairs, frames, depth.device)
     resolved = _backend.resolve(backend, depth.device, OP)
     if resolved == "torch":  # the reference, differentiated by autograd
         kind = "abs_rel" if error == "photometric" else error
@@ -409,7 +344,7 @@ def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str = "
     scalar; depth (B, T, H, W) with batched cameras gives (B,). A video where no pair has a
     valid pixel scores NaN (undefined).
     """
-    _check_tensor("depth", depth)
+    _checks.tensor(OP, "depth", depth)
     if depth.dim() == 3:
         if intrinsics.dim() not in (2, 3) or extrinsics.dim() != 3:
             raise ValueError(f"mvcs: for (T, H, W) depth pass intrinsics (T, 3, 3) or (3, 3) and extrinsics "
@@ -426,8 +361,8 @@ def unproject_depth(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backe
     intrinsics (B, T, 3, 3) or (B, 3, 3), extrinsics (B, T, 4|3, 4) -> (B, T, H, W, 3) in the
     depth's dtype. Every pixel is unprojected as it is (mask invalid depths yourself).
     Differentiable with respect to depth."""
-    _check_depth(depth)
-    intrinsics, extrinsics = _check_cameras(depth, intrinsics, extrinsics)
+    _checks.depth(OP, depth)
+    intrinsics, extrinsics = _checks.cameras(OP, depth, intrinsics, extrinsics)
     resolved = _backend.resolve(backend, depth.device, "unproject_depth")
     if resolved == "torch":
         return reference.unproject_depth(depth, intrinsics, extrinsics)

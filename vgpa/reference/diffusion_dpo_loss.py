@@ -15,12 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._dtypes import accumulation_dtype
+
 LOSS_TYPES = ("sigmoid", "hinge", "ipo")
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Reductions run in float32, or float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def segment_bounds(frames: int, segments: int) -> list[tuple[int, int]]:

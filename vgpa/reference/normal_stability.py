@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import geometry
-from .reprojection_error import accumulation_dtype, depth_is_valid
+from .._dtypes import accumulation_dtype
+from .reprojection_error import depth_is_valid
 
 
 def depth_to_normals(depth: Tensor, intrinsics_inverse: Tensor) -> tuple[Tensor, Tensor]:

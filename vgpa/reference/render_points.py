@@ -24,24 +24,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._dtypes import accumulation_dtype
+
 # Key of a pixel no point landed on; every real key is smaller (the float32 bits of a finite
 # z > 0 are below 0x7f800000).
 EMPTY_KEY = 2**63 - 1
 INDEX_BITS = 32
 INDEX_MASK = (1 << INDEX_BITS) - 1
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def homogeneous_extrinsics(extrinsics: Tensor) -> Tensor:
-    """(..., 3, 4) or (..., 4, 4) world-to-camera -> (..., 4, 4)."""
-    if extrinsics.shape[-2] == 4:
-        return extrinsics
-    bottom = torch.zeros(extrinsics.shape[:-2] + (1, 4), dtype=extrinsics.dtype, device=extrinsics.device)
-    bottom[..., 0, 3] = 1
-    return torch.cat([extrinsics, bottom], dim=-2)
 
 
 def projection_rows(intrinsics: Tensor, extrinsics: Tensor, dtype: torch.dtype) -> Tensor:
@@ -156,25 +145,8 @@ def render_consistency(points: Tensor, colors: Tensor, offsets: Tensor, counts: 
 
 
 # --------------------------------------------------------------------------------------------
-# Point cloud from depth (the unprojection is plain torch: it is not a kernel of this op)
-
-
-def unproject(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
-    """World points (B, T, H, W, 3): X_w = E^-1 (z K^-1 [u, v, 1]^T), pixel centres at integers.
-
-    Computed in float64 for float64 depth, else float32; K and E are inverted in float64.
-    """
-    acc = accumulation_dtype(depth.dtype)
-    height, width = depth.shape[-2:]
-    k_inv = torch.linalg.inv(intrinsics.to(torch.float64)).to(acc)  # (B, T, 3, 3)
-    cam_to_world = torch.linalg.inv(homogeneous_extrinsics(extrinsics).to(torch.float64)).to(acc)
-    v, u = torch.meshgrid(torch.arange(height, dtype=acc, device=depth.device),
-                          torch.arange(width, dtype=acc, device=depth.device), indexing="ij")
-    pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # (H, W, 3)
-    rays = torch.einsum("btij,hwj->bthwi", k_inv, pixels)
-    camera = rays * depth.to(acc)[..., None]
-    rotation, translation = cam_to_world[..., :3, :3], cam_to_world[..., :3, 3]
-    return torch.einsum("btij,bthwj->bthwi", rotation, camera) + translation[:, :, None, None, :]
+# Point cloud from depth: which pixels become points (the unprojection itself is
+# vgpa.unproject_depth, whose reference is vgpa.reference.reprojection_error.unproject_depth)
 
 
 def confidence_keep_count(valid_count: int, conf_threshold: float) -> int:

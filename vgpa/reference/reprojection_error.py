@@ -18,14 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._dtypes import accumulation_dtype
+from ..pairs import adjacent_pairs
 from . import geometry
 
 DEPTH_ERRORS = ("abs_rel", "abs", "sq", "log")
 VALIDITY_MODES = ("strict", "zeros")
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def depth_is_valid(z: Tensor) -> Tensor:
@@ -139,10 +137,6 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, pa
     count = ok.sum((-2, -1))
     mean = error_map.sum((-2, -1)) / count.clamp_min(1).to(acc)
     return mean, count, error_map, ok
-
-
-def adjacent_pairs(frames: int) -> Tensor:
-    return torch.stack([torch.arange(frames - 1), torch.arange(1, frames)], 1)
 
 
 def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:

@@ -1,0 +1,10 @@
+"""The accumulation dtype every op reduces in (DESIGN 2): float32, or float64 for float64 inputs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Reductions run in float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
