@@ -78,39 +78,87 @@ void forward(const NormalStabilityArgs& a) {
   }
 }
 
-// d loss / d normal of every frame. Each thread owns whole frames and visits, in a fixed order,
-// every pair that has its frame as source or target: no two threads write one element.
+// What one (row, pixel) of the backward adds: d loss / d n_i(p) at the source pixel and
+// d loss / d n_j(q) at the target pixel q; q = -1 when the pixel adds nothing (no upstream
+// gradient or not valid).
+template <typename A>
+struct PairPixelGrad {
+  Vec3<A> source, target;
+  int64_t q;
+};
+
+// Work items (row, pixel) scored per group, in the order item = row * pixels + e: a bounded
+// buffer (about 2 MB for float32) that the gradients of a group pass through. A thread scores
+// a block of consecutive items at a time, stepping through rows without a division per item.
+constexpr int64_t kBackwardGroup = int64_t(1) << 16;
+constexpr int64_t kBackwardBlock = 256;
+
+// d loss / d normal of every frame, in groups of consecutive items. First every item of the
+// group is scored once (a row touches two frames; scoring it per frame did the work twice),
+// then each thread owns whole frames and adds the group's results into them, rows and pixels
+// ascending, source before target: every element receives its additions in the order of
+// for_each_pixel_touching_frame, so the gradients are bitwise those of visiting per frame, and
+// no two threads write one element.
 template <typename T>
 void backward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
-  const int64_t pixels = a.pixels(), frames_total = a.batch * a.frames;
+  const int64_t pixels = a.pixels(), frames_total = a.batch * a.frames, items = a.batch * a.pairs * pixels;
+  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
+  const A* grad_error = reinterpret_cast<const A*>(a.grad_error);
+  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
+  std::vector<PairPixelGrad<A>> buffer(static_cast<size_t>(items < kBackwardGroup ? items : kBackwardGroup));
 
+  for (int64_t begin = 0; begin < items; begin += kBackwardGroup) {
+    const int64_t end = begin + kBackwardGroup < items ? begin + kBackwardGroup : items;
+    const int64_t blocks = (end - begin + kBackwardBlock - 1) / kBackwardBlock;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t frame = 0; frame < frames_total; ++frame) {
-    const int64_t b = frame / a.frames, t = frame % a.frames;
-    A* out = reinterpret_cast<A*>(a.grad_normals) + frame * 3 * pixels;
-    NormalPairPixel<A> px;
-    for_each_pixel_touching_frame(
-        b, t, a.pairs, pixels, reinterpret_cast<const int64_t*>(a.pair_frames),
-        reinterpret_cast<const A*>(a.grad_error), reinterpret_cast<const A*>(a.grad_map),
-        [&](const PairRow& pair, int64_t e, A g) {
-          const A* rot = reinterpret_cast<const A*>(a.rotations) + pair.row * 9;
-          const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
-          if (!normal_stability_pixel<T, A>(a, b, pair.i, pair.j, rot, pm, e / a.width, e % a.width, px)) return;
-          Vec3<A> gs, gt;
-          normal_stability_pixel_grad(a, rot, px, g, gs, gt);
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t first = begin + block * kBackwardBlock;
+      const int64_t last = first + kBackwardBlock < end ? first + kBackwardBlock : end;
+      PairRow pair = PairRow::at(first / pixels, a.pairs, pair_frames);
+      NormalPairPixel<A> px;
+      for (int64_t item = first, e = first % pixels; item < last; ++item, ++e) {
+        if (e == pixels) {
+          e = 0;
+          pair = PairRow::at(pair.row + 1, a.pairs, pair_frames);
+        }
+        PairPixelGrad<A>& out = buffer[item - begin];
+        out.q = -1;
+        const A g = pixel_grad(grad_error, grad_map, pair.row, pixels, e);
+        if (g == A(0)) continue;
+        const A* rot = reinterpret_cast<const A*>(a.rotations) + pair.row * 9;
+        const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
+        if (!normal_stability_pixel<T, A>(a, pair.b, pair.i, pair.j, rot, pm, e / a.width, e % a.width, px)) continue;
+        normal_stability_pixel_grad(a, rot, px, g, out.source, out.target);
+        out.q = px.qy * a.width + px.qx;
+      }
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t frame = 0; frame < frames_total; ++frame) {
+      const int64_t b = frame / a.frames, t = frame % a.frames;
+      A* out = reinterpret_cast<A*>(a.grad_normals) + frame * 3 * pixels;
+      for (int64_t row = begin / pixels; row * pixels < end; ++row) {
+        const PairRow pair = PairRow::at(row, a.pairs, pair_frames);
+        if (pair.b != b || (pair.i != t && pair.j != t)) continue;
+        const int64_t first = row * pixels > begin ? row * pixels : begin;
+        const int64_t last = (row + 1) * pixels < end ? (row + 1) * pixels : end;
+        for (int64_t item = first; item < last; ++item) {
+          const PairPixelGrad<A>& in = buffer[item - begin];
+          if (in.q < 0) continue;
           if (pair.i == t) {
-            out[e] += gs.x;
-            out[pixels + e] += gs.y;
-            out[2 * pixels + e] += gs.z;
+            const int64_t e = item - row * pixels;
+            out[e] += in.source.x;
+            out[pixels + e] += in.source.y;
+            out[2 * pixels + e] += in.source.z;
           }
           if (pair.j == t) {
-            const int64_t q = px.qy * a.width + px.qx;
-            out[q] += gt.x;
-            out[pixels + q] += gt.y;
-            out[2 * pixels + q] += gt.z;
+            out[in.q] += in.target.x;
+            out[pixels + in.q] += in.target.y;
+            out[2 * pixels + in.q] += in.target.z;
           }
-        });
+        }
+      }
+    }
   }
 }
 

@@ -108,3 +108,101 @@ def bilinear_tap(x0, y0, wx, wy, H, W, active, DX: tl.constexpr, DY: tl.constexp
     weight = weight_x * weight_y
     used = active & (x >= 0) & (x < W) & (y >= 0) & (y < H) & (weight != 0)
     return x, y, weight, used
+
+
+@triton.jit
+def used_taps_valid(u0, u1, u2, u3, d0, d1, d2, d3):
+    """Every used tap holds a valid depth (the strict validity of DESIGN 3.1)."""
+    ok = (~u0 | depth_is_valid(d0)) & (~u1 | depth_is_valid(d1))
+    return ok & (~u2 | depth_is_valid(d2)) & (~u3 | depth_is_valid(d3))
+
+
+@triton.jit
+def bilinear_depth_taps(frame_ptr, u, v, H, W, sH, sW, active, ACC: tl.constexpr):
+    """The four taps around (u, v) (finite where active) of the depth frame at frame_ptr:
+    corner (x0, y0), fractions (wx, wy), weights w0..w3, used flags u0..u3 and depths d0..d3
+    (0 where unused, so that w0 d0 + ... + w3 d3 is the zero-padded bilinear sample)."""
+    x0, y0, wx, wy = bilinear_corner(u, v)
+    xa, ya, w0, u0 = bilinear_tap(x0, y0, wx, wy, H, W, active, 0, 0)
+    xb, yb, w1, u1 = bilinear_tap(x0, y0, wx, wy, H, W, active, 1, 0)
+    xc, yc, w2, u2 = bilinear_tap(x0, y0, wx, wy, H, W, active, 0, 1)
+    xd, yd, w3, u3 = bilinear_tap(x0, y0, wx, wy, H, W, active, 1, 1)
+    d0 = tl.load(frame_ptr + ya * sH + xa * sW, mask=u0, other=0.0).to(ACC)
+    d1 = tl.load(frame_ptr + yb * sH + xb * sW, mask=u1, other=0.0).to(ACC)
+    d2 = tl.load(frame_ptr + yc * sH + xc * sW, mask=u2, other=0.0).to(ACC)
+    d3 = tl.load(frame_ptr + yd * sH + xd * sW, mask=u3, other=0.0).to(ACC)
+    return x0, y0, wx, wy, w0, w1, w2, w3, u0, u1, u2, u3, d0, d1, d2, d3
+
+
+# ---------------------------------------------------------------------------------------------
+# Work split (the twins of csrc/geometry.h's). Per-frame kernels run on a grid (pixel blocks,
+# B * T frames); the pairwise ops (reprojection error, normal stability) on rows, one row per
+# (video, pair), row = b * P + p, with pair_frames (P, 2) holding (source i, target j).
+
+
+@triton.jit
+def frame_block(H, W, BLOCK: tl.constexpr):
+    """This program's frame (b * T + t), the frame's pixel count, its block of pixels e (flat),
+    which of them lie in the frame, and their (y, x); all int64."""
+    frame = tl.program_id(1).to(tl.int64)
+    pixels = H.to(tl.int64) * W
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return frame, pixels, e, e < pixels, e // W, e % W
+
+
+@triton.jit
+def pair_row(frames_ptr, row, P):
+    """(b, i, j) of a row: its video, source frame and target frame."""
+    p = row % P
+    return row // P, tl.load(frames_ptr + 2 * p), tl.load(frames_ptr + 2 * p + 1)
+
+
+@triton.jit
+def pair_chunk(frames_ptr, P, H, W, chunks, CHUNK: tl.constexpr):
+    """Forward: program job = row * chunks + chunk reduces pixels [start, end) of its row.
+    Returns (job, row, b, i, j, pixels, start, end); the chunks are a pure function of the
+    shape, so the partial sums are bitwise reproducible."""
+    job = tl.program_id(0).to(tl.int64)
+    row = job // chunks
+    b, i, j = pair_row(frames_ptr, row, P)
+    pixels = H.to(tl.int64) * W
+    start = (job % chunks) * CHUNK
+    return job, row, b, i, j, pixels, start, tl.minimum(start + CHUNK, pixels)
+
+
+@triton.jit
+def accumulate_scores(acc_sum, acc_count, err, ok, map_ptr, mask_ptr, row, pixels, e, active,
+                      WRITE_MAP: tl.constexpr, ACC: tl.constexpr):
+    """Adds the valid errors of a block of pixels and their count to the running sums, and
+    writes the error map (0 where invalid) and the validity mask when they are wanted."""
+    err = tl.where(ok, err, 0.0)
+    if WRITE_MAP:
+        tl.store(map_ptr + row * pixels + e, err, mask=active)
+        tl.store(mask_ptr + row * pixels + e, ok.to(tl.uint8), mask=active)
+    return acc_sum + err, acc_count + ok.to(ACC)
+
+
+@triton.jit
+def store_partial(part_ptr, job, acc_sum, acc_count):
+    """The job's partial (error sum, valid count)."""
+    out = part_ptr + job * 2
+    tl.store(out, tl.sum(acc_sum, 0))
+    tl.store(out + 1, tl.sum(acc_count, 0))
+
+
+@triton.jit
+def pair_block(frames_ptr, gerr_ptr, gmap_ptr, P, H, W, blocks_per_row, HAS_MAP_GRAD: tl.constexpr,
+               ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Backward: program pid = row * blocks_per_row + block takes one block of pixels of its
+    row. Returns (row, b, i, j, pixels, e, active, g) with g = d loss / d e(p): the row's share
+    of the mean (already divided by the count) plus the map's, when a map gradient is given."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // blocks_per_row
+    b, i, j = pair_row(frames_ptr, row, P)
+    pixels = H.to(tl.int64) * W
+    e = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
+    active = e < pixels
+    g = tl.load(gerr_ptr + row) + tl.zeros([BLOCK], dtype=ACC)
+    if HAS_MAP_GRAD:
+        g += tl.load(gmap_ptr + row * pixels + e, mask=active, other=0.0)
+    return row, b, i, j, pixels, e, active, g

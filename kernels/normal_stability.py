@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from ._common import accumulation_type
-from .geometry import bilinear_corner, bilinear_tap, depth_is_valid, inside_image, unproject, warp_pixel
+from .geometry import (accumulate_scores, bilinear_depth_taps, depth_is_valid, frame_block, inside_image, pair_block,
+                       pair_chunk, store_partial, unproject, used_taps_valid, warp_pixel)
 
 BLOCK = 256
 
@@ -30,6 +31,18 @@ def round_half_even(x):
 @triton.jit
 def _cross(ax, ay, az, bx, by, bz):
     return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+
+
+@triton.jit
+def _matvec3(m_ptr, x, y, z, TRANSPOSED: tl.constexpr):
+    """M v, or M^T v, with M (3x3, row-major) at m_ptr."""
+    m0, m1, m2 = tl.load(m_ptr + 0), tl.load(m_ptr + 1), tl.load(m_ptr + 2)
+    m3, m4, m5 = tl.load(m_ptr + 3), tl.load(m_ptr + 4), tl.load(m_ptr + 5)
+    m6, m7, m8 = tl.load(m_ptr + 6), tl.load(m_ptr + 7), tl.load(m_ptr + 8)
+    if TRANSPOSED:
+        return m0 * x + m3 * y + m6 * z, m1 * x + m4 * y + m7 * z, m2 * x + m5 * y + m8 * z
+    else:
+        return m0 * x + m1 * y + m2 * z, m3 * x + m4 * y + m5 * z, m6 * x + m7 * y + m8 * z
 
 
 @triton.jit
@@ -102,12 +115,7 @@ def _neighbour_pullback(frame_ptr, kinv_ptr, grad_ptr, x, y, H, W, sH, sW, pixel
 @triton.jit
 def depth_to_normals_kernel(depth_ptr, kinv_ptr, normals_ptr, valid_ptr, T, H, W, sdB, sdT, sdH, sdW,
                             ACC: tl.constexpr, BLOCK: tl.constexpr):
-    frame = tl.program_id(1).to(tl.int64)
-    pixels = H.to(tl.int64) * W
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    active = e < pixels
-    y = e // W
-    x = e % W
+    frame, pixels, e, active, y, x = frame_block(H, W, BLOCK)
     frame_ptr = depth_ptr + (frame // T) * sdB + (frame % T) * sdT
     ok, nx, ny, nz, _, _, _, _, _, _, _, _, _ = surface_normal(frame_ptr, kinv_ptr + frame * 9, x, y, H, W, sdH, sdW,
                                                                active, ACC)
@@ -122,12 +130,7 @@ def depth_to_normals_kernel(depth_ptr, kinv_ptr, normals_ptr, valid_ptr, T, H, W
 @triton.jit
 def depth_to_normals_backward_kernel(depth_ptr, kinv_ptr, gnormals_ptr, gdepth_ptr, T, H, W, sdB, sdT, sdH, sdW,
                                      ACC: tl.constexpr, BLOCK: tl.constexpr):
-    frame = tl.program_id(1).to(tl.int64)
-    pixels = H.to(tl.int64) * W
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    active = e < pixels
-    y = e // W
-    x = e % W
+    frame, pixels, e, active, y, x = frame_block(H, W, BLOCK)
     frame_ptr = depth_ptr + (frame // T) * sdB + (frame % T) * sdT
     kinv = kinv_ptr + frame * 9
     grad = gnormals_ptr + frame * 3 * pixels
@@ -159,17 +162,9 @@ def _stability_pixel(depth_ptr, kinv_ptr, rot_ptr, pm_ptr, b, i, j, e, active, T
         ok = ok & (qz > 0) & inside_image(tu, tv, H, W, True)
         tu = tl.where(ok, tu, 0.0)
         tv = tl.where(ok, tv, 0.0)
-        x0, y0, wx, wy = bilinear_corner(tu, tv)
-        xa, ya, w0, u0 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 0, 0)
-        xb, yb, w1, u1 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 1, 0)
-        xc, yc, w2, u2 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 0, 1)
-        xd, yd, w3, u3 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 1, 1)
-        d0 = tl.load(target + ya * sdH + xa * sdW, mask=u0, other=1.0).to(ACC)
-        d1 = tl.load(target + yb * sdH + xb * sdW, mask=u1, other=1.0).to(ACC)
-        d2 = tl.load(target + yc * sdH + xc * sdW, mask=u2, other=1.0).to(ACC)
-        d3 = tl.load(target + yd * sdH + xd * sdW, mask=u3, other=1.0).to(ACC)
-        ok = ok & (~u0 | depth_is_valid(d0)) & (~u1 | depth_is_valid(d1))
-        ok = ok & (~u2 | depth_is_valid(d2)) & (~u3 | depth_is_valid(d3))
+        _, _, _, _, w0, w1, w2, w3, u0, u1, u2, u3, d0, d1, d2, d3 = bilinear_depth_taps(
+            target, tu, tv, H, W, sdH, sdW, ok, ACC)
+        ok = ok & used_taps_valid(u0, u1, u2, u3, d0, d1, d2, d3)
         if OCCLUSION:
             sampled = (tl.where(u0, w0 * d0, 0.0) + tl.where(u1, w1 * d1, 0.0) + tl.where(u2, w2 * d2, 0.0)
                        + tl.where(u3, w3 * d3, 0.0))
@@ -186,12 +181,7 @@ def _stability_pixel(depth_ptr, kinv_ptr, rot_ptr, pm_ptr, b, i, j, e, active, T
                                                                     sdH, sdW, ok, ACC)
     ok = ok & ok_t
     if WARP:
-        r0, r1, r2 = tl.load(rot_ptr + 0), tl.load(rot_ptr + 1), tl.load(rot_ptr + 2)
-        r3, r4, r5 = tl.load(rot_ptr + 3), tl.load(rot_ptr + 4), tl.load(rot_ptr + 5)
-        r6, r7, r8 = tl.load(rot_ptr + 6), tl.load(rot_ptr + 7), tl.load(rot_ptr + 8)
-        rnx = r0 * snx + r1 * sny + r2 * snz
-        rny = r3 * snx + r4 * sny + r5 * snz
-        rnz = r6 * snx + r7 * sny + r8 * snz
+        rnx, rny, rnz = _matvec3(rot_ptr, snx, sny, snz, False)
     else:
         rnx, rny, rnz = snx, sny, snz
     cosine = rnx * tnx + rny * tny + rnz * tnz
@@ -205,15 +195,7 @@ def normal_stability_forward_kernel(
     WARP: tl.constexpr, OCCLUSION: tl.constexpr, WRITE_MAP: tl.constexpr, ACC: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    job = tl.program_id(0).to(tl.int64)
-    row = job // chunks
-    b = row // P
-    p = row % P
-    i = tl.load(frames_ptr + 2 * p)
-    j = tl.load(frames_ptr + 2 * p + 1)
-    pixels = H.to(tl.int64) * W
-    start = (job % chunks) * CHUNK
-    end = tl.minimum(start + CHUNK, pixels)
+    job, row, b, i, j, pixels, start, end = pair_chunk(frames_ptr, P, H, W, chunks, CHUNK)
     acc_sum = tl.zeros([BLOCK], dtype=ACC)
     acc_count = tl.zeros([BLOCK], dtype=ACC)
     for off in range(0, CHUNK, BLOCK):
@@ -222,15 +204,10 @@ def normal_stability_forward_kernel(
         ok, cosine, _, _, _, _, _, _, _, _ = _stability_pixel(
             depth_ptr, kinv_ptr, rot_ptr + row * 9, pm_ptr + row * 12, b, i, j, e, active, T, H, W,
             sdB, sdT, sdH, sdW, occlusion_tol, WARP, OCCLUSION, ACC)
-        err = tl.where(ok, 1.0 - tl.minimum(tl.maximum(cosine, -1.0), 1.0), 0.0)
-        acc_sum += err
-        acc_count += ok.to(ACC)
-        if WRITE_MAP:
-            tl.store(map_ptr + row * pixels + e, err, mask=active)
-            tl.store(mask_ptr + row * pixels + e, ok.to(tl.uint8), mask=active)
-    out = part_ptr + job * 2
-    tl.store(out, tl.sum(acc_sum, 0))
-    tl.store(out + 1, tl.sum(acc_count, 0))
+        err = 1.0 - tl.minimum(tl.maximum(cosine, -1.0), 1.0)
+        acc_sum, acc_count = accumulate_scores(acc_sum, acc_count, err, ok, map_ptr, mask_ptr, row, pixels, e, active,
+                                               WRITE_MAP, ACC)
+    store_partial(part_ptr, job, acc_sum, acc_count)
 
 
 @triton.jit
@@ -240,18 +217,8 @@ def normal_stability_backward_kernel(
     WARP: tl.constexpr, OCCLUSION: tl.constexpr, HAS_MAP_GRAD: tl.constexpr, ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // blocks_per_row
-    b = row // P
-    p = row % P
-    i = tl.load(frames_ptr + 2 * p)
-    j = tl.load(frames_ptr + 2 * p + 1)
-    pixels = H.to(tl.int64) * W
-    e = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
-    active = e < pixels
-    g = tl.load(gerr_ptr + row) + tl.zeros([BLOCK], dtype=ACC)
-    if HAS_MAP_GRAD:
-        g += tl.load(gmap_ptr + row * pixels + e, mask=active, other=0.0)
+    row, b, i, j, pixels, e, active, g = pair_block(frames_ptr, gerr_ptr, gmap_ptr, P, H, W, blocks_per_row,
+                                                    HAS_MAP_GRAD, ACC, BLOCK)
     rot = rot_ptr + row * 9
     ok, cosine, rnx, rny, rnz, tnx, tny, tnz, qx, qy = _stability_pixel(
         depth_ptr, kinv_ptr, rot, pm_ptr + row * 12, b, i, j, e, active & (g != 0), T, H, W,
@@ -259,12 +226,7 @@ def normal_stability_backward_kernel(
     # d e / d cosine = -1 where the clamp passes the gradient
     d = tl.where(ok & (cosine >= -1.0) & (cosine <= 1.0), -g, 0.0)
     if WARP:  # d cosine / d n_i = R^T n_j
-        r0, r1, r2 = tl.load(rot + 0), tl.load(rot + 1), tl.load(rot + 2)
-        r3, r4, r5 = tl.load(rot + 3), tl.load(rot + 4), tl.load(rot + 5)
-        r6, r7, r8 = tl.load(rot + 6), tl.load(rot + 7), tl.load(rot + 8)
-        sx = r0 * tnx + r3 * tny + r6 * tnz
-        sy = r1 * tnx + r4 * tny + r7 * tnz
-        sz = r2 * tnx + r5 * tny + r8 * tnz
+        sx, sy, sz = _matvec3(rot, tnx, tny, tnz, True)
     else:
         sx, sy, sz = tnx, tny, tnz
     mask = ok & (d != 0)

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from ._common import accumulation_type
-from .geometry import affine_point, bilinear_corner, bilinear_tap, depth_is_valid, inside_image, warp_pixel
+from .geometry import (accumulate_scores, affine_point, bilinear_depth_taps, depth_is_valid, frame_block, inside_image,
+                       pair_block, pair_chunk, store_partial, used_taps_valid, warp_pixel)
 
 BLOCK = 256
 
@@ -42,7 +43,8 @@ def _sign(x):
 def _reproject(depth_ptr, pm_ptr, b, i, j, e, active, H, W, sdB, sdT, sdH, sdW, occlusion_tol,
                STRICT: tl.constexpr, OCCLUSION: tl.constexpr, ACC: tl.constexpr):
     """Warps pixels e (flat, int64) of frame i into frame j. Returns validity (before the
-    finiteness test of the error), the warp, the tap corner and the four tap depths (0 unused)."""
+    finiteness test of the error), the warp, the tap corner and weights, and the four tap
+    depths (0 unused)."""
     y = e // W
     x = e % W
     z = tl.load(depth_ptr + b * sdB + i * sdT + y * sdH + x * sdW, mask=active, other=0.0).to(ACC)
@@ -52,24 +54,15 @@ def _reproject(depth_ptr, pm_ptr, b, i, j, e, active, H, W, sdB, sdT, sdH, sdW, 
     ok = ok & (qz > 0) & inside_image(tu, tv, H, W, STRICT)
     tu = tl.where(ok, tu, 0.0)
     tv = tl.where(ok, tv, 0.0)
-    x0, y0, wx, wy = bilinear_corner(tu, tv)
-    target = depth_ptr + b * sdB + j * sdT
-    xa, ya, w0, u0 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 0, 0)
-    xb, yb, w1, u1 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 1, 0)
-    xc, yc, w2, u2 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 0, 1)
-    xd, yd, w3, u3 = bilinear_tap(x0, y0, wx, wy, H, W, ok, 1, 1)
-    d0 = tl.load(target + ya * sdH + xa * sdW, mask=u0, other=0.0).to(ACC)
-    d1 = tl.load(target + yb * sdH + xb * sdW, mask=u1, other=0.0).to(ACC)
-    d2 = tl.load(target + yc * sdH + xc * sdW, mask=u2, other=0.0).to(ACC)
-    d3 = tl.load(target + yd * sdH + xd * sdW, mask=u3, other=0.0).to(ACC)
+    x0, y0, wx, wy, w0, w1, w2, w3, u0, u1, u2, u3, d0, d1, d2, d3 = bilinear_depth_taps(
+        depth_ptr + b * sdB + j * sdT, tu, tv, H, W, sdH, sdW, ok, ACC)
     if STRICT:
-        ok = ok & (~u0 | depth_is_valid(d0)) & (~u1 | depth_is_valid(d1))
-        ok = ok & (~u2 | depth_is_valid(d2)) & (~u3 | depth_is_valid(d3))
+        ok = ok & used_taps_valid(u0, u1, u2, u3, d0, d1, d2, d3)
     sampled = w0 * d0 + w1 * d1 + w2 * d2 + w3 * d3
     if OCCLUSION:
         ok = ok & ~(warped > (1.0 + occlusion_tol) * sampled)
     return (ok, y, x, warped, sampled, dwarped_dz, du_dz, dv_dz, x0, y0, wx, wy,
-            d0, d1, d2, d3, u0, u1, u2, u3)
+            w0, w1, w2, w3, d0, d1, d2, d3, u0, u1, u2, u3)
 
 
 @triton.jit
@@ -87,6 +80,19 @@ def _bilinear(c0, c1, c2, c3, wx, wy):
 
 
 @triton.jit
+def _photometric_sum(image_ptr, b, i, j, y, x, x0, y0, wx, wy, u0, u1, u2, u3, ok, H, W, C, siB, siT, siC, siH, siW,
+                     ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """sum_c |I_i(p) - I_j(u', v')| (the photometric error times C)."""
+    err = tl.zeros([BLOCK], dtype=ACC)
+    for c in range(0, C):
+        src = tl.load(image_ptr + b * siB + i * siT + c * siC + y * siH + x * siW, mask=ok, other=0.0).to(ACC)
+        plane = image_ptr + b * siB + j * siT + c * siC
+        c0, c1, c2, c3 = _image_taps(plane, x0, y0, H, W, siH, siW, u0, u1, u2, u3, ACC)
+        err += tl.abs(src - _bilinear(c0, c1, c2, c3, wx, wy))
+    return err
+
+
+@triton.jit
 def reprojection_error_forward_kernel(
     depth_ptr, image_ptr, pm_ptr, frames_ptr, part_ptr, map_ptr, mask_ptr,
     P, H, W, C, chunks, occlusion_tol,
@@ -94,45 +100,25 @@ def reprojection_error_forward_kernel(
     ERROR: tl.constexpr, STRICT: tl.constexpr, OCCLUSION: tl.constexpr, WRITE_MAP: tl.constexpr,
     ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    job = tl.program_id(0).to(tl.int64)
-    row = job // chunks
-    b = row // P
-    p = row % P
-    i = tl.load(frames_ptr + 2 * p)
-    j = tl.load(frames_ptr + 2 * p + 1)
-    pixels = H.to(tl.int64) * W
-    start = (job % chunks) * CHUNK
-    end = tl.minimum(start + CHUNK, pixels)
+    job, row, b, i, j, pixels, start, end = pair_chunk(frames_ptr, P, H, W, chunks, CHUNK)
     pm = pm_ptr + row * 12
     acc_sum = tl.zeros([BLOCK], dtype=ACC)
     acc_count = tl.zeros([BLOCK], dtype=ACC)
     for off in range(0, CHUNK, BLOCK):
         e = start + off + tl.arange(0, BLOCK)
         active = e < end
-        (ok, y, x, warped, sampled, _, _, _, x0, y0, wx, wy,
+        (ok, y, x, warped, sampled, _, _, _, x0, y0, wx, wy, _, _, _, _,
          _, _, _, _, u0, u1, u2, u3) = _reproject(depth_ptr, pm, b, i, j, e, active, H, W, sdB, sdT, sdH, sdW,
                                                   occlusion_tol, STRICT, OCCLUSION, ACC)
         if ERROR == 4:
-            err = tl.zeros([BLOCK], dtype=ACC)
-            for c in range(0, C):
-                src = tl.load(image_ptr + b * siB + i * siT + c * siC + y * siH + x * siW, mask=ok,
-                              other=0.0).to(ACC)
-                plane = image_ptr + b * siB + j * siT + c * siC
-                c0, c1, c2, c3 = _image_taps(plane, x0, y0, H, W, siH, siW, u0, u1, u2, u3, ACC)
-                err += tl.abs(src - _bilinear(c0, c1, c2, c3, wx, wy))
-            err = err / C
+            err = _photometric_sum(image_ptr, b, i, j, y, x, x0, y0, wx, wy, u0, u1, u2, u3, ok, H, W, C,
+                                   siB, siT, siC, siH, siW, ACC, BLOCK) / C
         else:
             err = _depth_error(warped, tl.where(ok, sampled, 1.0), ERROR)
         ok = ok & (err - err == 0)
-        err = tl.where(ok, err, 0.0)
-        acc_sum += err
-        acc_count += ok.to(ACC)
-        if WRITE_MAP:
-            tl.store(map_ptr + row * pixels + e, err, mask=active)
-            tl.store(mask_ptr + row * pixels + e, ok.to(tl.uint8), mask=active)
-    out = part_ptr + job * 2
-    tl.store(out, tl.sum(acc_sum, 0))
-    tl.store(out + 1, tl.sum(acc_count, 0))
+        acc_sum, acc_count = accumulate_scores(acc_sum, acc_count, err, ok, map_ptr, mask_ptr, row, pixels, e, active,
+                                               WRITE_MAP, ACC)
+    store_partial(part_ptr, job, acc_sum, acc_count)
 
 
 @triton.jit
@@ -143,34 +129,17 @@ def reprojection_error_backward_kernel(
     ERROR: tl.constexpr, STRICT: tl.constexpr, OCCLUSION: tl.constexpr, HAS_MAP_GRAD: tl.constexpr,
     GRAD_DEPTH: tl.constexpr, GRAD_IMAGE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // blocks_per_row
-    b = row // P
-    p = row % P
-    i = tl.load(frames_ptr + 2 * p)
-    j = tl.load(frames_ptr + 2 * p + 1)
-    pixels = H.to(tl.int64) * W
-    e = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
-    active = e < pixels
-    g = tl.load(gerr_ptr + row) + tl.zeros([BLOCK], dtype=ACC)
-    if HAS_MAP_GRAD:
-        g += tl.load(gmap_ptr + row * pixels + e, mask=active, other=0.0)
-    (ok, y, x, warped, sampled, dwarped_dz, du_dz, dv_dz, x0, y0, wx, wy,
+    row, b, i, j, pixels, e, active, g = pair_block(frames_ptr, gerr_ptr, gmap_ptr, P, H, W, blocks_per_row,
+                                                    HAS_MAP_GRAD, ACC, BLOCK)
+    (ok, y, x, warped, sampled, dwarped_dz, du_dz, dv_dz, x0, y0, wx, wy, w0, w1, w2, w3,
      d0, d1, d2, d3, u0, u1, u2, u3) = _reproject(depth_ptr, pm_ptr + row * 12, b, i, j, e, active & (g != 0),
                                                   H, W, sdB, sdT, sdH, sdW, occlusion_tol, STRICT, OCCLUSION, ACC)
-    w0 = (1.0 - wx) * (1.0 - wy)
-    w1 = wx * (1.0 - wy)
-    w2 = (1.0 - wx) * wy
-    w3 = wx * wy
     src_frame = (b * T + i) * pixels + e            # flat pixel of the source frame
     dst_frame = (b * T + j) * pixels                # first pixel of the target frame
     if ERROR == 4:
-        err = tl.zeros([BLOCK], dtype=ACC)
-        for c in range(0, C):  # validity needs the finished error first
-            src = tl.load(image_ptr + b * siB + i * siT + c * siC + y * siH + x * siW, mask=ok, other=0.0).to(ACC)
-            plane = image_ptr + b * siB + j * siT + c * siC
-            c0, c1, c2, c3 = _image_taps(plane, x0, y0, H, W, siH, siW, u0, u1, u2, u3, ACC)
-            err += tl.abs(src - _bilinear(c0, c1, c2, c3, wx, wy))
+        # validity needs the finished error first (the sum is finite iff the mean is)
+        err = _photometric_sum(image_ptr, b, i, j, y, x, x0, y0, wx, wy, u0, u1, u2, u3, ok, H, W, C,
+                               siB, siT, siC, siH, siW, ACC, BLOCK)
         ok = ok & (err - err == 0)
         d_u = tl.zeros([BLOCK], dtype=ACC)
         d_v = tl.zeros([BLOCK], dtype=ACC)
@@ -227,15 +196,9 @@ def reprojection_error_backward_kernel(
 @triton.jit
 def unproject_depth_kernel(depth_ptr, maps_ptr, out_ptr, T, H, W, sdB, sdT, sdH, sdW, ACC: tl.constexpr,
                            BLOCK: tl.constexpr):
-    frame = tl.program_id(1).to(tl.int64)
-    b = frame // T
-    t = frame % T
-    pixels = H.to(tl.int64) * W
-    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    active = e < pixels
-    y = e // W
-    x = e % W
-    z = tl.load(depth_ptr + b * sdB + t * sdT + y * sdH + x * sdW, mask=active, other=0.0).to(ACC)
+    frame, pixels, e, active, y, x = frame_block(H, W, BLOCK)
+    z = tl.load(depth_ptr + (frame // T) * sdB + (frame % T) * sdT + y * sdH + x * sdW, mask=active,
+                other=0.0).to(ACC)
     px, py, pz = affine_point(maps_ptr + frame * 12, x.to(ACC), y.to(ACC), z)
     out = out_ptr + (frame * pixels + e) * 3
     ty = out_ptr.dtype.element_ty

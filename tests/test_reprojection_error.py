@@ -458,6 +458,20 @@ def test_bad_inputs_raise_clear_errors():
         call(depth, intrinsics, torch.zeros_like(extrinsics), backend="cpu")
 
 
+def test_mvcs_errors_name_mvcs():
+    depth, intrinsics, extrinsics, _ = inputs()
+    with pytest.raises(TypeError, match="^mvcs: depth must be a floating-point tensor"):
+        mvcs(depth.to(torch.int32), intrinsics, extrinsics)
+    with pytest.raises(ValueError, match="^mvcs: intrinsics"):
+        mvcs(depth, intrinsics[..., :2, :], extrinsics)
+    with pytest.raises(ValueError, match="^mvcs: extrinsics"):
+        mvcs(depth[0], intrinsics[0], extrinsics[0, :, :2])
+    with pytest.raises(ValueError, match="^mvcs: the default consecutive pairs need T >= 2"):
+        mvcs(depth[:, :1], intrinsics[:, :1], extrinsics[:, :1])
+    with pytest.raises(ValueError, match="^mvcs: unknown backend"):
+        mvcs(depth, intrinsics, extrinsics, backend="metal")
+
+
 def test_torch_compile_fullgraph():
     depth, intrinsics, extrinsics, _ = inputs(seed=13)
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import _backend, _checks
+from .. import _backend, _checks, _pairwise
 from .._dtypes import accumulation_dtype as _acc
 from ..reference import geometry
 from ..reference import normal_stability as reference
@@ -107,34 +107,17 @@ def _normals_backward_kernel(backend, depth, kinv, grad_normals):
 
 
 def _stability_kernel(backend, depth, kinv, rotations, pair_matrices, pairs, warp, occlusion_tol, return_map):
-    batch, frames, height, width = depth.shape
-    acc = _acc(depth.dtype)
-    rows = batch * pairs.shape[0]
-    # A frame smaller than a chunk gets a chunk of its size (rounded up to 256): still a pure
-    # function of the shape, so the partials stay reproducible.
-    chunk = min(CHUNK[backend], -(-height * width // 256) * 256)
-    chunks = -(-height * width // chunk)
-    partials = torch.empty((rows, chunks, 2), dtype=acc, device=depth.device)
-    error_map = valid_mask = None
-    if return_map:
-        error_map = torch.empty((batch, pairs.shape[0], height, width), dtype=acc, device=depth.device)
-        valid_mask = torch.empty(error_map.shape, dtype=torch.uint8, device=depth.device)
+    out = _pairwise.score_buffers(depth, pairs, CHUNK[backend], return_map)
     if backend == "triton":
         from ..kernels.normal_stability import normal_stability_forward
 
-        normal_stability_forward(depth, kinv, rotations, pair_matrices, pairs, partials, error_map, valid_mask, warp,
-                                 occlusion_tol, chunk)
+        normal_stability_forward(depth, kinv, rotations, pair_matrices, pairs, out.partials, out.error_map,
+                                 out.valid_mask, warp, occlusion_tol, out.chunk)
     else:
-        _launch(backend, "normal_stability_forward", depth, pairs.shape[0], warp, occlusion_tol, chunks, chunk,
+        _launch(backend, "normal_stability_forward", depth, pairs.shape[0], warp, occlusion_tol, out.chunks, out.chunk,
                 inverse_intrinsics=kinv, rotations=rotations, pair_matrices=pair_matrices, pair_frames=pairs,
-                partials=partials, error_map=error_map, valid_mask=valid_mask)
-    # Chunk counts are exact integers; sum them as integers so large frames stay exact.
-    count = partials[..., 1].to(torch.int64).sum(1)
-    mean = partials[..., 0].sum(1) / count.clamp_min(1).to(acc)
-    shape = (batch, pairs.shape[0])
-    if return_map:
-        return mean.view(shape), count.view(shape), error_map, valid_mask.view(torch.bool)
-    return mean.view(shape), count.view(shape), depth.new_empty((0,), dtype=acc), depth.new_empty((0,), dtype=torch.bool)
+                partials=out.partials, error_map=out.error_map, valid_mask=out.valid_mask)
+    return _pairwise.reduce_scores(depth, pairs, out)
 
 
 def _stability_backward_kernel(backend, grad_error, grad_map, depth, kinv, rotations, pair_matrices, pairs, warp,
@@ -225,17 +208,11 @@ def _stability_op(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Tensor
 
 @_stability_op.register_fake
 def _(depth, intrinsics, extrinsics, pairs, warp, occlusion_tol, return_map, backend):
-    batch, frames, height, width = depth.shape
+    batch, frames = depth.shape[:2]
     acc = _acc(depth.dtype)
-    shape = (batch, pairs.shape[0])
-    if return_map:
-        maps = (depth.new_empty(shape + (height, width), dtype=acc),
-                depth.new_empty(shape + (height, width), dtype=torch.bool))
-    else:
-        maps = (depth.new_empty((0,), dtype=acc), depth.new_empty((0,), dtype=torch.bool))
-    return ((depth.new_empty(shape, dtype=acc), depth.new_empty(shape, dtype=torch.int64)) + maps
-            + (depth.new_empty((batch * frames, 9), dtype=acc), depth.new_empty((batch * pairs.shape[0], 9), dtype=acc),
-               depth.new_empty((batch * pairs.shape[0], 12), dtype=acc)))
+    return _pairwise.fake_scores(depth, pairs, return_map) + (
+        depth.new_empty((batch * frames, 9), dtype=acc), depth.new_empty((batch * pairs.shape[0], 9), dtype=acc),
+        depth.new_empty((batch * pairs.shape[0], 12), dtype=acc))
 
 
 @torch.library.custom_op("vgpa::normal_stability_backward", mutates_args=())
@@ -263,12 +240,7 @@ def _stability_backward(ctx, grad_mean, grad_count, grad_map, grad_mask, grad_ki
     depth, pairs, count, kinv, rotations, pair_matrices = ctx.saved_tensors
     if not ctx.needs_input_grad[0]:
         return (None,) * 8
-    acc = kinv.dtype
-    # d mean / d e(p) = 1 / count for every valid pixel p
-    if grad_mean is None:
-        grad_mean = torch.zeros(count.shape, dtype=acc, device=depth.device)
-    scaled = (grad_mean.to(acc) / count.clamp_min(1).to(acc)).contiguous().view(-1)
-    grad_map = grad_map.to(acc).contiguous() if ctx.return_map and grad_map is not None else None
+    scaled, grad_map = _pairwise.upstream_grads(grad_mean, grad_map, count, ctx.return_map, kinv.dtype)
     grad = _stability_backward_op(scaled, grad_map, depth, kinv, rotations, pair_matrices, pairs, ctx.warp,
                                   ctx.occlusion_tol, ctx.backend)
     return (grad,) + (None,) * 7

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import _backend, _checks
+from .. import _backend, _checks, _pairwise
 from .._dtypes import accumulation_dtype as _acc
 from ..reference import geometry
 from ..reference import reprojection_error as reference
@@ -45,67 +45,40 @@ class ReprojectionErrorResult:
     valid_mask: Optional[Tensor] = None
 
 
-def _empty_map(depth):
-    return depth.new_empty((0,), dtype=_acc(depth.dtype)), depth.new_empty((0,), dtype=torch.bool)
-
-
 # --------------------------------------------------------------------------------------------
 # Backend implementations
 
 
-def _kernel_pointers(depth, image, pair_matrices, pair_frames, **named):
-    """The 11 raw addresses the C++ bindings take, in their order (0 for absent tensors)."""
+def _launch(backend, name, depth, image, pair_matrices, pairs, code, strict, occlusion_tol, *extra, **named):
+    """Calls the compiled kernel ``<name>_cpu`` or ``<name>_cuda`` of csrc/reprojection_error with
+    the 11 raw addresses it takes, in their order (0 for absent tensors); extra: trailing
+    arguments (the forward's chunking)."""
     order = ("partials", "error_map", "valid_mask", "grad_error", "grad_map", "grad_depth", "grad_image")
-    tensors = [depth, image, pair_matrices, pair_frames] + [named.get(k) for k in order]
-    return [0 if t is None else t.data_ptr() for t in tensors]
-
-
-def _sizes(depth, image, pairs):
+    tensors = [depth, image, pair_matrices, pairs] + [named.get(k) for k in order]
     b, t, h, w = depth.shape
-    return [b, pairs.shape[0], t, h, w, 1 if image is None else image.shape[2]]
-
-
-def _image_strides(image):
-    return [0] * 5 if image is None else list(image.stride())
+    args = (_backend.dtype_code(depth.dtype), [b, pairs.shape[0], t, h, w, 1 if image is None else image.shape[2]],
+            code, strict, occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
+            [0 if x is None else x.data_ptr() for x in tensors], list(depth.stride()),
+            [0] * 5 if image is None else list(image.stride())) + extra
+    ext = _backend.extension()
+    if backend == "cuda":
+        getattr(ext, f"{name}_cuda")(*args, _backend.cuda_stream(depth.device))
+    else:
+        getattr(ext, f"{name}_cpu")(*args)
 
 
 def _forward_kernel(backend, depth, image, pair_matrices, pairs, error, validity, occlusion_tol, return_map):
-    batch, frames, height, width = depth.shape
-    acc = _acc(depth.dtype)
-    rows = batch * pairs.shape[0]
-    # A frame smaller than a chunk gets a chunk of its size (rounded up to 256): still a pure
-    # function of the shape, so the partials stay reproducible.
-    chunk = min(CHUNK[backend], -(-height * width // 256) * 256)
-    chunks = -(-height * width // chunk)
-    partials = torch.empty((rows, chunks, 2), dtype=acc, device=depth.device)
-    error_map = valid_mask = None
-    if return_map:
-        error_map = torch.empty((batch, pairs.shape[0], height, width), dtype=acc, device=depth.device)
-        valid_mask = torch.empty(error_map.shape, dtype=torch.uint8, device=depth.device)
+    out = _pairwise.score_buffers(depth, pairs, CHUNK[backend], return_map)
     code, strict = ERROR_CODES[error], validity == "strict"
     if backend == "triton":
         from ..kernels.reprojection_error import reprojection_error_forward
 
-        reprojection_error_forward(depth, image, pair_matrices, pairs, partials, error_map, valid_mask, code,
-                                   strict, occlusion_tol, chunk)
+        reprojection_error_forward(depth, image, pair_matrices, pairs, out.partials, out.error_map, out.valid_mask,
+                                   code, strict, occlusion_tol, out.chunk)
     else:
-        ext = _backend.extension()
-        args = (_backend.dtype_code(depth.dtype), _sizes(depth, image, pairs), code, strict,
-                occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
-                _kernel_pointers(depth, image, pair_matrices, pairs, partials=partials, error_map=error_map,
-                                 valid_mask=valid_mask),
-                list(depth.stride()), _image_strides(image), chunks, chunk)
-        if backend == "cuda":
-            ext.reprojection_error_forward_cuda(*args, _backend.cuda_stream(depth.device))
-        else:
-            ext.reprojection_error_forward_cpu(*args)
-    # Chunk counts are exact integers; sum them as integers so large frames stay exact.
-    count = partials[..., 1].to(torch.int64).sum(1)
-    mean = partials[..., 0].sum(1) / count.clamp_min(1).to(acc)
-    shape = (batch, pairs.shape[0])
-    if return_map:
-        return mean.view(shape), count.view(shape), error_map, valid_mask.view(torch.bool)
-    return (mean.view(shape), count.view(shape)) + _empty_map(depth)
+        _launch(backend, "reprojection_error_forward", depth, image, pair_matrices, pairs, code, strict, occlusion_tol,
+                out.chunks, out.chunk, partials=out.partials, error_map=out.error_map, valid_mask=out.valid_mask)
+    return _pairwise.reduce_scores(depth, pairs, out)
 
 
 def _backward_kernel(backend, grad_error, grad_map, depth, image, pair_matrices, pairs, error, validity,
@@ -120,16 +93,8 @@ def _backward_kernel(backend, grad_error, grad_map, depth, image, pair_matrices,
         reprojection_error_backward(depth, image, pair_matrices, pairs, grad_error, grad_map, grad_depth, grad_image,
                                     code, strict, occlusion_tol)
     else:
-        ext = _backend.extension()
-        args = (_backend.dtype_code(depth.dtype), _sizes(depth, image, pairs), code, strict,
-                occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
-                _kernel_pointers(depth, image, pair_matrices, pairs, grad_error=grad_error, grad_map=grad_map,
-                                 grad_depth=grad_depth, grad_image=grad_image),
-                list(depth.stride()), _image_strides(image))
-        if backend == "cuda":
-            ext.reprojection_error_backward_cuda(*args, _backend.cuda_stream(depth.device))
-        else:
-            ext.reprojection_error_backward_cpu(*args)
+        _launch(backend, "reprojection_error_backward", depth, image, pair_matrices, pairs, code, strict,
+                occlusion_tol, grad_error=grad_error, grad_map=grad_map, grad_depth=grad_depth, grad_image=grad_image)
     return grad_depth, grad_image
 
 
@@ -150,16 +115,8 @@ def _reprojection_op(depth: Tensor, image: Optional[Tensor], intrinsics: Tensor,
 
 @_reprojection_op.register_fake
 def _(depth, image, intrinsics, extrinsics, pairs, error, validity, occlusion_tol, return_map, backend):
-    batch, _, height, width = depth.shape
-    acc = _acc(depth.dtype)
-    shape = (batch, pairs.shape[0])
-    if return_map:
-        maps = (depth.new_empty(shape + (height, width), dtype=acc),
-                depth.new_empty(shape + (height, width), dtype=torch.bool))
-    else:
-        maps = _empty_map(depth)
-    return (depth.new_empty(shape, dtype=acc), depth.new_empty(shape, dtype=torch.int64)) + maps + (
-        depth.new_empty(shape + (3, 4), dtype=acc),)
+    matrices = depth.new_empty((depth.shape[0], pairs.shape[0], 3, 4), dtype=_acc(depth.dtype))
+    return _pairwise.fake_scores(depth, pairs, return_map) + (matrices,)
 
 
 @torch.library.custom_op("vgpa::reprojection_error_backward", mutates_args=())
@@ -195,15 +152,7 @@ def _backward(ctx, grad_mean, grad_count, grad_map, grad_mask, grad_matrices):
     need_depth, need_image = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_depth or need_image):
         return (None,) * 10
-    acc = _acc(depth.dtype)
-    # d mean / d e(p) = 1 / count for every valid pixel p
-    if grad_mean is None:
-        grad_mean = torch.zeros(count.shape, dtype=acc, device=depth.device)
-    scaled = (grad_mean.to(acc) / count.clamp_min(1).to(acc)).contiguous().view(-1)
-    if not ctx.return_map or grad_map is None:
-        grad_map = None
-    else:
-        grad_map = grad_map.to(acc).contiguous()
+    scaled, grad_map = _pairwise.upstream_grads(grad_mean, grad_map, count, ctx.return_map, _acc(depth.dtype))
     gd, gi = _reprojection_backward_op(scaled, grad_map, depth, image, intrinsics, extrinsics, pair_matrices, pairs,
                                        ctx.error, ctx.validity, ctx.occlusion_tol, need_depth, need_image,
                                        ctx.backend)
@@ -265,14 +214,14 @@ _unproject_op.register_autograd(_unproject_backward, setup_context=_unproject_se
 # Public API
 
 
-def _resolve_error(error, image):
+def _resolve_error(op, error, image):
     if error is None:
         return "abs_rel" if image is None else "photometric"
     if image is None and error not in reference.DEPTH_ERRORS:
         hint = " (the photometric error needs image=)" if error == "photometric" else ""
-        raise ValueError(f"{OP}: unknown error {error!r}{hint}; choose one of {reference.DEPTH_ERRORS}")
+        raise ValueError(f"{op}: unknown error {error!r}{hint}; choose one of {reference.DEPTH_ERRORS}")
     if image is not None and error != "photometric":
-        raise ValueError(f"{OP}: with image= the error is photometric; leave error=None or pass 'photometric' "
+        raise ValueError(f"{op}: with image= the error is photometric; leave error=None or pass 'photometric' "
                          f"(got {error!r})")
     return error
 
@@ -304,23 +253,30 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor,
     backend: "auto", "cuda", "triton", "cpu" or "torch". Raises ValueError for a singular K
     (checked on the host: one tiny device sync per call).
     """
-    _checks.depth(OP, depth)
+    return _reprojection_error(OP, depth, intrinsics, extrinsics, pairs, image, error, validity, occlusion_tol,
+                               return_map, backend)
+
+
+def _reprojection_error(op, depth, intrinsics, extrinsics, pairs, image, error, validity, occlusion_tol, return_map,
+                        backend):
+    """reprojection_error, its errors reported under the public op name ``op`` (mvcs uses it)."""
+    _checks.depth(op, depth)
     batch, frames, height, width = depth.shape
-    intrinsics, extrinsics = _checks.cameras(OP, depth, intrinsics, extrinsics)
+    intrinsics, extrinsics = _checks.cameras(op, depth, intrinsics, extrinsics)
     if image is not None:
-        _checks.tensor(OP, "image", image, depth)
+        _checks.tensor(op, "image", image, depth)
         if image.dtype != depth.dtype:
-            raise TypeError(f"{OP}: image has dtype {image.dtype} but depth has {depth.dtype}; cast them to one dtype")
+            raise TypeError(f"{op}: image has dtype {image.dtype} but depth has {depth.dtype}; cast them to one dtype")
         if image.dim() != 5 or image.shape[:2] != depth.shape[:2] or image.shape[3:] != depth.shape[2:] \
                 or image.shape[2] == 0:
-            raise ValueError(f"{OP}: image must be (B, T, C, H, W) = ({batch}, {frames}, C, {height}, {width}), "
+            raise ValueError(f"{op}: image must be (B, T, C, H, W) = ({batch}, {frames}, C, {height}, {width}), "
                              f"got {tuple(image.shape)}")
-    error = _resolve_error(error, image)
+    error = _resolve_error(op, error, image)
     if validity not in VALIDITY_MODES:
-        raise ValueError(f"{OP}: unknown validity {validity!r}; choose one of {VALIDITY_MODES}")
-    occlusion_tol = _checks.occlusion_tol(OP, occlusion_tol)
-    pairs = _checks.pairs(OP, pairs, frames, depth.device)
-    resolved = _backend.resolve(backend, depth.device, OP)
+        raise ValueError(f"{op}: unknown validity {validity!r}; choose one of {VALIDITY_MODES}")
+    occlusion_tol = _checks.occlusion_tol(op, occlusion_tol)
+    pairs = _checks.pairs(op, pairs, frames, depth.device)
+    resolved = _backend.resolve(backend, depth.device, op)
     if resolved == "torch":  # the reference, differentiated by autograd
         kind = "abs_rel" if error == "photometric" else error
         mean, count, error_map, valid_mask = reference.reprojection_error(depth, intrinsics, extrinsics, pairs, image,
@@ -344,13 +300,14 @@ def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str = "
     scalar; depth (B, T, H, W) with batched cameras gives (B,). A video where no pair has a
     valid pixel scores NaN (undefined).
     """
-    _checks.tensor(OP, "depth", depth)
+    op = "mvcs"
+    _checks.tensor(op, "depth", depth)
     if depth.dim() == 3:
         if intrinsics.dim() not in (2, 3) or extrinsics.dim() != 3:
-            raise ValueError(f"mvcs: for (T, H, W) depth pass intrinsics (T, 3, 3) or (3, 3) and extrinsics "
+            raise ValueError(f"{op}: for (T, H, W) depth pass intrinsics (T, 3, 3) or (3, 3) and extrinsics "
                              f"(T, 4|3, 4); got {tuple(intrinsics.shape)} and {tuple(extrinsics.shape)}")
         return mvcs(depth[None], intrinsics[None], extrinsics[None], backend)[0]
-    result = reprojection_error(depth, intrinsics, extrinsics, error="sq", validity="zeros", backend=backend)
+    result = _reprojection_error(op, depth, intrinsics, extrinsics, None, None, "sq", "zeros", None, False, backend)
     has = result.valid_count > 0
     mean = torch.where(has, result.error, 0).sum(1) / has.sum(1)
     return torch.exp(-mean)
