@@ -20,9 +20,9 @@ KERNEL_BACKENDS = [
 
 
 def backend_device(backend: str) -> torch.device:
-    """Where a backend's test tensors live: "cpu" on the CPU, "cuda" on the GPU, "triton" on
-    the GPU when there is one and in the interpreter on the CPU otherwise."""
-    if backend == "cpu":
+    """Where a backend's test tensors live: "cpu" and "torch" on the CPU, "cuda" on the GPU,
+    "triton" on the GPU when there is one and in the interpreter on the CPU otherwise."""
+    if backend in ("cpu", "torch"):
         return torch.device("cpu")
     if backend == "cuda":
         return torch.device("cuda")
@@ -31,7 +31,9 @@ def backend_device(backend: str) -> torch.device:
 
 @pytest.fixture
 def device(backend):
-    """The device for the test's ``backend``; skips (with the reason) when it cannot run here."""
+    """The device for the test's ``backend``. Skips (reason shown) only where a GPU is needed
+    and absent; any other reason a backend cannot run (the extension failed to build or
+    import, triton missing) fails the test rather than hiding it."""
     from vgpa import _backend
 
     dev = backend_device(backend)
@@ -39,7 +41,7 @@ def device(backend):
         pytest.skip("needs a CUDA GPU")
     reason = _backend.why_unavailable(backend, dev)
     if reason is not None:
-        pytest.skip(reason)
+        pytest.fail(f"backend {backend!r} cannot run on {dev}: {reason}")
     return dev
 
 

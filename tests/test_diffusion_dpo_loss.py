@@ -313,3 +313,16 @@ def test_gpu_large_bf16_matches_reference(backend):
     kwargs = dict(beta=500.0, weight=weight, segments=2)
     out, grad = _run(backend, model_pred, ref_pred, target, **kwargs)
     _assert_matches(out, grad, _float64_expected(model_pred, ref_pred, target, **kwargs), torch.bfloat16, 2)
+
+
+def test_compiled_extension_is_built_as_asked():
+    """The C++ extension must import (a broken build fails here rather than skipping the
+    cpu-backend tests), and VGPA_BUILD_CUDA=1 (as CI sets it) must have compiled CUDA in."""
+    import os
+
+    from vgpa import _backend
+
+    ext = _backend.extension()
+    assert ext is not None, _backend.extension_error()
+    if os.environ.get("VGPA_BUILD_CUDA") == "1":
+        assert ext.with_cuda() and ext.cuda_archs()

@@ -92,20 +92,6 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def device(backend):  # "torch" runs wherever the test tensors are
-    from conftest import backend_device
-    from vgpa import _backend
-
-    dev = backend_device("cpu" if backend == "torch" else backend)
-    reason = _backend.why_unavailable(backend, dev)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    if reason is not None:
-        pytest.skip(reason)
-    return dev
-
-
 # --------------------------------------------------------------------------------------------
 # depth_to_normals
 
