@@ -90,30 +90,54 @@ VGPA_HD bool inside_image(A u, A v, int64_t height, int64_t width, bool strict) 
   return u >= A(0) && u < A(width) && v >= A(0) && v < A(height);
 }
 
+// floor(x) for x >= 0 (or -0). The host build has no SSE4.1 round instruction, so std::floor
+// is a long emulation there; truncation is the floor for x >= 0, and copysign keeps
+// floor(-0) = -0, so the result is bitwise std::floor's.
+template <typename A>
+VGPA_HD A floor_of_nonnegative(A x) {
+#ifdef __CUDA_ARCH__
+  return floor(x);
+#else
+  return std::copysign(A(static_cast<int64_t>(x)), x);
+#endif
+}
+
 // The four bilinear taps around (u, v), tap k = (x0 + (k & 1), y0 + (k >> 1)). A tap is used
 // when it lies in the image and has a non-zero weight: unused taps are never read, so a
-// NaN next to the sample point cannot leak in through a zero weight.
+// NaN next to the sample point cannot leak in through a zero weight. The weights and the used
+// taps are worked out once here (a pixel asks for them up to three times).
 template <typename A>
 struct BilinearTaps {
   int64_t x0, y0;
   A wx, wy;
+  A w[4];
+  unsigned used_mask;
 
-  // (u, v) must be finite (checked with inside_image first).
-  VGPA_HD static BilinearTaps at(A u, A v) {
-    const A fu = floor_of(u), fv = floor_of(v);
-    return {static_cast<int64_t>(fu), static_cast<int64_t>(fv), u - fu, v - fv};
+  // (u, v) must be inside the image (checked with inside_image first): finite and >= 0.
+  VGPA_HD static BilinearTaps at(A u, A v, int64_t height, int64_t width) {
+    BilinearTaps t;
+    const A fu = floor_of_nonnegative(u), fv = floor_of_nonnegative(v);
+    t.x0 = static_cast<int64_t>(fu);
+    t.y0 = static_cast<int64_t>(fv);
+    t.wx = u - fu;
+    t.wy = v - fv;
+    // Bit 0/1: column x0 / x0 + 1 (row y0 / y0 + 1) in the image. x0 and y0 are (inside_image),
+    // so only x0 + 1 and y0 + 1 are tested; & rather than && keeps the tests free of branches.
+    const unsigned cols = 1u | unsigned(t.x0 + 1 < width) << 1;
+    const unsigned rows = 1u | unsigned(t.y0 + 1 < height) << 1;
+    t.used_mask = 0;
+    for (int k = 0; k < 4; ++k) {
+      t.w[k] = ((k & 1) ? t.wx : A(1) - t.wx) * ((k >> 1) ? t.wy : A(1) - t.wy);
+      t.used_mask |= ((cols >> (k & 1)) & (rows >> (k >> 1)) & unsigned(t.w[k] != A(0))) << k;
+    }
+    return t;
   }
   VGPA_HD int64_t x(int k) const { return x0 + (k & 1); }
   VGPA_HD int64_t y(int k) const { return y0 + (k >> 1); }
-  VGPA_HD A weight(int k) const { return ((k & 1) ? wx : A(1) - wx) * ((k >> 1) ? wy : A(1) - wy); }
-  VGPA_HD bool used(int k, int64_t height, int64_t width) const {
-    const int64_t xk = x(k), yk = y(k);
-    return xk >= 0 && xk < width && yk >= 0 && yk < height && weight(k) != A(0);
-  }
+  VGPA_HD A weight(int k) const { return w[k]; }
+  VGPA_HD bool used(int k) const { return (used_mask >> k) & 1u; }
   // Bilinear value and its derivatives in u and v from the four tap values (0 when unused).
-  VGPA_HD A value(const A* t) const {
-    return weight(0) * t[0] + weight(1) * t[1] + weight(2) * t[2] + weight(3) * t[3];
-  }
+  VGPA_HD A value(const A* t) const { return w[0] * t[0] + w[1] * t[1] + w[2] * t[2] + w[3] * t[3]; }
   VGPA_HD A d_du(const A* t) const { return (A(1) - wy) * (t[1] - t[0]) + wy * (t[3] - t[2]); }
   VGPA_HD A d_dv(const A* t) const { return (A(1) - wx) * (t[2] - t[0]) + wx * (t[3] - t[1]); }
 };
@@ -162,6 +186,33 @@ VGPA_HD void score_chunk(const PairChunk& c, int64_t first, int64_t step, int64_
     if (error_map) {
       error_map[c.pair.row * pixels + e] = valid ? error : A(0);
       valid_mask[c.pair.row * pixels + e] = valid;
+    }
+  }
+}
+
+// score_chunk for one thread walking the whole chunk on the host: the same sums in the same
+// order, with score(e, y, x, error) given the pixel's row and column, which are stepped along
+// instead of divided out of e for every pixel.
+template <typename A, typename Score>
+inline void score_chunk_rows(const PairChunk& c, int64_t width, int64_t pixels, A* error_map, uint8_t* valid_mask,
+                             Score&& score, A& sum, A& count) {
+  sum = A(0);
+  count = A(0);
+  int64_t y = c.begin / width, x = c.begin % width;
+  for (int64_t e = c.begin; e < c.end; ++e) {
+    A error;
+    const bool valid = score(e, y, x, error);
+    if (valid) {
+      sum += error;
+      count += A(1);
+    }
+    if (error_map) {
+      error_map[c.pair.row * pixels + e] = valid ? error : A(0);
+      valid_mask[c.pair.row * pixels + e] = valid;
+    }
+    if (++x == width) {
+      x = 0;
+      ++y;
     }
   }
 }

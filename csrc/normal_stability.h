@@ -224,11 +224,11 @@ VGPA_HD bool normal_stability_pixel(const NormalStabilityArgs& a, int64_t b, int
   if (a.warp) {
     const PixelWarp<A> w = warp_pixel(pm, A(x), A(y), z);
     if (!(w.depth > A(0)) || !inside_image(w.u, w.v, a.height, a.width, true)) return false;
-    const BilinearTaps<A> taps = BilinearTaps<A>::at(w.u, w.v);
+    const BilinearTaps<A> taps = BilinearTaps<A>::at(w.u, w.v, a.height, a.width);
     A tap_depth[4];
     for (int k = 0; k < 4; ++k) {
       tap_depth[k] = A(0);
-      if (!taps.used(k, a.height, a.width)) continue;
+      if (!taps.used(k)) continue;
       tap_depth[k] = load_as<A>(target + taps.y(k) * sh + taps.x(k) * sw);
       if (!depth_is_valid(tap_depth[k])) return false;
     }

@@ -120,11 +120,11 @@ VGPA_HD bool reproject_pixel(const ReprojectionErrorArgs& a, int64_t b, int64_t 
   px.source_depth = z;
   px.warp = warp_pixel(pm, A(x), A(y), z);
   if (!(px.warp.depth > A(0)) || !inside_image(px.warp.u, px.warp.v, a.height, a.width, a.strict)) return false;
-  px.taps = BilinearTaps<A>::at(px.warp.u, px.warp.v);
+  px.taps = BilinearTaps<A>::at(px.warp.u, px.warp.v, a.height, a.width);
   const T* dst = depth_frame<T>(a, b, j);
   for (int k = 0; k < 4; ++k) {
     px.tap_depth[k] = A(0);
-    if (!px.taps.used(k, a.height, a.width)) continue;
+    if (!px.taps.used(k)) continue;
     const A d = load_as<A>(dst + px.taps.y(k) * sh + px.taps.x(k) * sw);
     if (a.strict && !depth_is_valid(d)) return false;
     px.tap_depth[k] = d;
@@ -139,7 +139,7 @@ VGPA_HD bool reproject_pixel(const ReprojectionErrorArgs& a, int64_t b, int64_t 
       const T* target = image_plane<T>(a, b, j, c);
       A tap[4];
       for (int k = 0; k < 4; ++k)
-        tap[k] = px.taps.used(k, a.height, a.width) ? load_as<A>(target + px.taps.y(k) * ih + px.taps.x(k) * iw) : A(0);
+        tap[k] = px.taps.used(k) ? load_as<A>(target + px.taps.y(k) * ih + px.taps.x(k) * iw) : A(0);
       const A diff = load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - px.taps.value(tap);
       e += diff < A(0) ? -diff : diff;
     }
@@ -167,14 +167,14 @@ VGPA_HD void reproject_pixel_backward(const ReprojectionErrorArgs& a, int64_t b,
       const T* target = image_plane<T>(a, b, j, c);
       A tap[4];
       for (int k = 0; k < 4; ++k)
-        tap[k] = taps.used(k, a.height, a.width) ? load_as<A>(target + taps.y(k) * ih + taps.x(k) * iw) : A(0);
+        tap[k] = taps.used(k) ? load_as<A>(target + taps.y(k) * ih + taps.x(k) * iw) : A(0);
       const A diff = load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - taps.value(tap);
       const A s = sign_of(diff) * inv_c;
       if (s == A(0)) continue;
       if (sink.wants_image()) {
         sink.image(i, c, y, x, g * s);
         for (int k = 0; k < 4; ++k)
-          if (taps.used(k, a.height, a.width)) sink.image(j, c, taps.y(k), taps.x(k), -g * s * taps.weight(k));
+          if (taps.used(k)) sink.image(j, c, taps.y(k), taps.x(k), -g * s * taps.weight(k));
       }
       d_u -= s * taps.d_du(tap);
       d_v -= s * taps.d_dv(tap);
@@ -187,7 +187,7 @@ VGPA_HD void reproject_pixel_backward(const ReprojectionErrorArgs& a, int64_t b,
     d_v = d_sampled * taps.d_dv(px.tap_depth);
     if (sink.wants_depth())
       for (int k = 0; k < 4; ++k)
-        if (taps.used(k, a.height, a.width)) sink.depth(j, taps.y(k), taps.x(k), g * d_sampled * taps.weight(k));
+        if (taps.used(k)) sink.depth(j, taps.y(k), taps.x(k), g * d_sampled * taps.weight(k));
   }
   if (sink.wants_depth()) sink.depth(i, y, x, g * (d_z + d_u * w.du_dz + d_v * w.dv_dz));
 }
