@@ -224,22 +224,28 @@ VGPA_HD A pixel_grad(const A* grad_error, const A* grad_map, int64_t row, int64_
   return grad_map ? grad_error[row] + grad_map[row * pixels + e] : grad_error[row];
 }
 
-// CPU backward of the pairwise ops, for frame t of video b: calls visit(pair, e, g) for every
-// row whose pair has t as its source or target (pairs ascending) and every pixel e of it with a
-// non-zero upstream gradient g (pixels ascending). A thread that owns a frame and visits in this
-// fixed order adds into it alone and always in one order: bitwise reproducible gradients.
-template <typename A, typename Visit>
-inline void for_each_pixel_touching_frame(int64_t b, int64_t t, int64_t pairs, int64_t pixels,
-                                          const int64_t* pair_frames, const A* grad_error, const A* grad_map,
-                                          Visit&& visit) {
-  for (int64_t p = 0; p < pairs; ++p) {
-    const PairRow pair = PairRow::at(b * pairs + p, pairs, pair_frames);
-    if (pair.i != t && pair.j != t) continue;
-    for (int64_t e = 0; e < pixels; ++e) {
-      const A g = pixel_grad(grad_error, grad_map, pair.row, pixels, e);
-      if (g != A(0)) visit(pair, e, g);
+#ifndef __CUDACC__
+// CPU backward of the pairwise ops, second pass over a group of items [begin, end) (item =
+// row * pixels + e) that the first pass scored once each: the owner of frame (b, t) calls
+// visit(frame, t, pair, first, last) for every row of the group whose pair has t as its source
+// or target, rows ascending, with [first, last) the row's items inside the group. Each thread
+// adds into its own frames, always in this order: gradients are bitwise reproducible whatever
+// the thread count.
+template <typename Visit>
+inline void replay_group_by_frame(int64_t begin, int64_t end, int64_t frames, int64_t frames_total, int64_t pairs,
+                                  int64_t pixels, const int64_t* pair_frames, Visit&& visit) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t frame = 0; frame < frames_total; ++frame) {
+    const int64_t b = frame / frames, t = frame % frames;
+    for (int64_t row = begin / pixels; row * pixels < end; ++row) {
+      const PairRow pair = PairRow::at(row, pairs, pair_frames);
+      if (pair.b != b || (pair.i != t && pair.j != t)) continue;
+      const int64_t first = row * pixels > begin ? row * pixels : begin;
+      const int64_t last = (row + 1) * pixels < end ? (row + 1) * pixels : end;
+      visit(frame, t, pair, first, last);
     }
   }
 }
+#endif
 
 }  // namespace vgpa

@@ -95,10 +95,9 @@ constexpr int64_t kBackwardBlock = 256;
 
 // d loss / d normal of every frame, in groups of consecutive items. First every item of the
 // group is scored once (a row touches two frames; scoring it per frame did the work twice),
-// then each thread owns whole frames and adds the group's results into them, rows and pixels
-// ascending, source before target: every element receives its additions in the order of
-// for_each_pixel_touching_frame, so the gradients are bitwise those of visiting per frame, and
-// no two threads write one element.
+// then replay_group_by_frame lets each thread add the group's results into the frames it owns,
+// rows and pixels ascending, source before target: every element receives its additions in one
+// fixed order whatever the thread count, and no two threads write one element.
 template <typename T>
 void backward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
@@ -133,32 +132,25 @@ void backward(const NormalStabilityArgs& a) {
         out.q = px.qy * a.width + px.qx;
       }
     }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t frame = 0; frame < frames_total; ++frame) {
-      const int64_t b = frame / a.frames, t = frame % a.frames;
+    replay_group_by_frame(begin, end, a.frames, frames_total, a.pairs, pixels, pair_frames,
+                          [&](int64_t frame, int64_t t, const PairRow& pair, int64_t first, int64_t last) {
       A* out = reinterpret_cast<A*>(a.grad_normals) + frame * 3 * pixels;
-      for (int64_t row = begin / pixels; row * pixels < end; ++row) {
-        const PairRow pair = PairRow::at(row, a.pairs, pair_frames);
-        if (pair.b != b || (pair.i != t && pair.j != t)) continue;
-        const int64_t first = row * pixels > begin ? row * pixels : begin;
-        const int64_t last = (row + 1) * pixels < end ? (row + 1) * pixels : end;
-        for (int64_t item = first; item < last; ++item) {
-          const PairPixelGrad<A>& in = buffer[item - begin];
-          if (in.q < 0) continue;
-          if (pair.i == t) {
-            const int64_t e = item - row * pixels;
-            out[e] += in.source.x;
-            out[pixels + e] += in.source.y;
-            out[2 * pixels + e] += in.source.z;
-          }
-          if (pair.j == t) {
-            out[in.q] += in.target.x;
-            out[pixels + in.q] += in.target.y;
-            out[2 * pixels + in.q] += in.target.z;
-          }
+      for (int64_t item = first; item < last; ++item) {
+        const PairPixelGrad<A>& in = buffer[item - begin];
+        if (in.q < 0) continue;
+        if (pair.i == t) {
+          const int64_t e = item - pair.row * pixels;
+          out[e] += in.source.x;
+          out[pixels + e] += in.source.y;
+          out[2 * pixels + e] += in.source.z;
+        }
+        if (pair.j == t) {
+          out[in.q] += in.target.x;
+          out[pixels + in.q] += in.target.y;
+          out[2 * pixels + in.q] += in.target.z;
         }
       }
-    }
+    });
   }
 }
 

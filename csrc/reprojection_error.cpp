@@ -67,12 +67,10 @@ constexpr int64_t kBackwardRecords = int64_t(1) << 16;
 constexpr int64_t kBackwardBlock = 256;
 
 // Two passes per group, as in normal_stability.cpp: every item is scored once (a pair touches
-// two frames; scoring it per frame did the work twice) and its additions recorded; then each
-// thread owns whole frames and replays the group's records into them, rows and pixels
-// ascending, each pixel's records in their order, keeping those whose frame it owns. Every
-// element receives its additions in the order of for_each_pixel_touching_frame with an owning
-// sink, so the gradients are bitwise those of visiting per frame, and no two threads write one
-// element.
+// two frames; scoring it per frame did the work twice) and its additions recorded; then
+// replay_group_by_frame lets each thread replay the group's records into the frames it owns,
+// rows and pixels ascending, each pixel's records in their order. Every element receives its
+// additions in one fixed order whatever the thread count, and no two threads write one element.
 template <typename T>
 void backward(const ReprojectionErrorArgs& a) {
   using A = typename Acc<T>::type;
@@ -119,28 +117,21 @@ void backward(const ReprojectionErrorArgs& a) {
         }
       }
     }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t frame = 0; frame < frames_total; ++frame) {
-      const int64_t b = frame / a.frames, t = frame % a.frames;
+    replay_group_by_frame(begin, end, a.frames, frames_total, a.pairs, pixels, pair_frames,
+                          [&](int64_t frame, int64_t t, const PairRow& pair, int64_t first, int64_t last) {
       A* depth_out = grad_depth ? grad_depth + frame * pixels : nullptr;
       A* image_out = grad_image ? grad_image + frame * a.channels * pixels : nullptr;
-      for (int64_t row = begin / pixels; row * pixels < end; ++row) {
-        const PairRow pair = PairRow::at(row, a.pairs, pair_frames);
-        if (pair.b != b || (pair.i != t && pair.j != t)) continue;
-        const int64_t first = row * pixels > begin ? row * pixels : begin;
-        const int64_t last = (row + 1) * pixels < end ? (row + 1) * pixels : end;
-        // Bit 0 of a record picks the frame: keep the records whose frame is t.
-        const int keep = (pair.i == t ? 1 : 0) | (pair.j == t ? 2 : 0);
-        for (int64_t item = first; item < last; ++item) {
-          const GradRecord<A>* in = records.data() + (item - begin) * per_item;
-          for (int r = 0, n = counts[item - begin]; r < n; ++r) {
-            if (!((keep >> (in[r].where & 1)) & 1)) continue;
-            A* out = (in[r].where & 2) ? image_out : depth_out;
-            out[in[r].where >> 2] += in[r].value;
-          }
+      // Bit 0 of a record picks the frame: keep the records whose frame is t.
+      const int keep = (pair.i == t ? 1 : 0) | (pair.j == t ? 2 : 0);
+      for (int64_t item = first; item < last; ++item) {
+        const GradRecord<A>* in = records.data() + (item - begin) * per_item;
+        for (int r = 0, n = counts[item - begin]; r < n; ++r) {
+          if (!((keep >> (in[r].where & 1)) & 1)) continue;
+          A* out = (in[r].where & 2) ? image_out : depth_out;
+          out[in[r].where >> 2] += in[r].value;
         }
       }
-    }
+    });
   }
 }
 
