@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common.h"
+
 namespace vgpa {
 
 inline void check_launch(const char* what) {
@@ -30,6 +32,17 @@ inline unsigned grid_stride_blocks(int64_t total, int threads) {
 }
 
 inline cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// One-dimensional launch of a kernel templated on the storage type: nothing when blocks is 0,
+// else the grid checked, launch(tag, blocks) called with the storage type of dtype (see
+// dispatch_dtype), and the launch checked.
+template <typename Launch>
+void launch_blocks_for_dtype(int dtype, int64_t blocks, const char* what, Launch&& launch) {
+  if (blocks == 0) return;
+  check_blocks(blocks, what);
+  dispatch_dtype(dtype, [&](auto* tag) { launch(tag, static_cast<unsigned>(blocks)); });
+  check_launch(what);
+}
 
 // Sum over a block in a fixed order (warp shuffles, then the warp leaders): deterministic.
 template <int Threads, typename A>

@@ -155,6 +155,20 @@ struct PairRow {
   }
 };
 
+// Adds one scored pixel to its chunk's sums and, when maps are wanted, writes its map entries
+// (error 0 where invalid) at index.
+template <typename A>
+VGPA_HD void record_score(bool valid, A error, int64_t index, A* error_map, uint8_t* valid_mask, A& sum, A& count) {
+  if (valid) {
+    sum += error;
+    count += A(1);
+  }
+  if (error_map) {
+    error_map[index] = valid ? error : A(0);
+    valid_mask[index] = valid;
+  }
+}
+
 // One forward job: pixels [begin, end) of one row, job = row * chunks + chunk. The chunks are a
 // pure function of the shape, so the partial sums do not depend on threading.
 struct PairChunk {
@@ -179,14 +193,7 @@ VGPA_HD void score_chunk(const PairChunk& c, int64_t first, int64_t step, int64_
   for (int64_t e = c.begin + first; e < c.end; e += step) {
     A error;
     const bool valid = score(e, error);
-    if (valid) {
-      sum += error;
-      count += A(1);
-    }
-    if (error_map) {
-      error_map[c.pair.row * pixels + e] = valid ? error : A(0);
-      valid_mask[c.pair.row * pixels + e] = valid;
-    }
+    record_score(valid, error, c.pair.row * pixels + e, error_map, valid_mask, sum, count);
   }
 }
 
@@ -202,14 +209,7 @@ inline void score_chunk_rows(const PairChunk& c, int64_t width, int64_t pixels, 
   for (int64_t e = c.begin; e < c.end; ++e) {
     A error;
     const bool valid = score(e, y, x, error);
-    if (valid) {
-      sum += error;
-      count += A(1);
-    }
-    if (error_map) {
-      error_map[c.pair.row * pixels + e] = valid ? error : A(0);
-      valid_mask[c.pair.row * pixels + e] = valid;
-    }
+    record_score(valid, error, c.pair.row * pixels + e, error_map, valid_mask, sum, count);
     if (++x == width) {
       x = 0;
       ++y;

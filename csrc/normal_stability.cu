@@ -118,28 +118,20 @@ void depth_to_normals_backward_cuda(const NormalStabilityArgs& args, uintptr_t s
 }
 
 void normal_stability_forward_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
-  const int64_t blocks = args.batch * args.pairs * args.chunks;
-  if (blocks == 0) return;
-  check_blocks(blocks, "normal_stability_forward");
-  dispatch_dtype(args.dtype, [&](auto* tag) {
+  launch_blocks_for_dtype(args.dtype, args.batch * args.pairs * args.chunks, "normal_stability_forward",
+                          [&](auto* tag, unsigned blocks) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    normal_stability_forward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args);
+    normal_stability_forward_kernel<T><<<blocks, kThreads, 0, as_stream(stream)>>>(args);
   });
-  check_launch("normal_stability_forward");
 }
 
 void normal_stability_backward_cuda(const NormalStabilityArgs& args, uintptr_t stream) {
   const int64_t per_row = (args.pixels() + kThreads - 1) / kThreads;
-  const int64_t blocks = args.batch * args.pairs * per_row;
-  if (blocks == 0) return;
-  check_blocks(blocks, "normal_stability_backward");
-  dispatch_dtype(args.dtype, [&](auto* tag) {
+  launch_blocks_for_dtype(args.dtype, args.batch * args.pairs * per_row, "normal_stability_backward",
+                          [&](auto* tag, unsigned blocks) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    normal_stability_backward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args, per_row);
+    normal_stability_backward_kernel<T><<<blocks, kThreads, 0, as_stream(stream)>>>(args, per_row);
   });
-  check_launch("normal_stability_backward");
 }
 
 }  // namespace vgpa

@@ -90,28 +90,20 @@ __global__ void __launch_bounds__(kThreads) unproject_depth_kernel(UnprojectDept
 }  // namespace
 
 void reprojection_error_forward_cuda(const ReprojectionErrorArgs& args, uintptr_t stream) {
-  const int64_t blocks = args.batch * args.pairs * args.chunks;
-  if (blocks == 0) return;
-  check_blocks(blocks, "reprojection_error_forward");
-  dispatch_dtype(args.dtype, [&](auto* tag) {
+  launch_blocks_for_dtype(args.dtype, args.batch * args.pairs * args.chunks, "reprojection_error_forward",
+                          [&](auto* tag, unsigned blocks) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    reprojection_error_forward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args);
+    reprojection_error_forward_kernel<T><<<blocks, kThreads, 0, as_stream(stream)>>>(args);
   });
-  check_launch("reprojection_error_forward");
 }
 
 void reprojection_error_backward_cuda(const ReprojectionErrorArgs& args, uintptr_t stream) {
   const int64_t per_row = (args.pixels() + kThreads - 1) / kThreads;
-  const int64_t blocks = args.batch * args.pairs * per_row;
-  if (blocks == 0) return;
-  check_blocks(blocks, "reprojection_error_backward");
-  dispatch_dtype(args.dtype, [&](auto* tag) {
+  launch_blocks_for_dtype(args.dtype, args.batch * args.pairs * per_row, "reprojection_error_backward",
+                          [&](auto* tag, unsigned blocks) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    reprojection_error_backward_kernel<T>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, as_stream(stream)>>>(args, per_row);
+    reprojection_error_backward_kernel<T><<<blocks, kThreads, 0, as_stream(stream)>>>(args, per_row);
   });
-  check_launch("reprojection_error_backward");
 }
 
 void unproject_depth_cuda(const UnprojectDepthArgs& args, uintptr_t stream) {
