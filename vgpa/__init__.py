@@ -10,6 +10,7 @@ from .pairs import adjacent_pairs, all_pairs, window_pairs
 from .ops.render_points import (RenderConsistencyResult, RenderPointsResult, render_consistency,
                                 render_points)
 from . import metrics  # so that `import vgpa` alone gives vgpa.metrics.mvcs etc.
+from . import geometry, scoring, video  # OpenCV is imported on first use, not here
 
 __version__ = "0.1.0"
 
@@ -29,12 +30,15 @@ __all__ = [
     "available_backends",
     "depth_to_normals",
     "diffusion_dpo_loss",
+    "geometry",
     "metrics",
     "normal_stability",
     "point_cloud",
     "render_consistency",
     "render_points",
     "reprojection_error",
+    "scoring",
     "unproject_depth",
+    "video",
     "window_pairs",
 ]

@@ -1,4 +1,4 @@
-"""Command line: `vgpa info` and `vgpa bench` (also `python -m vgpa ...`)."""
+"""Command line: `vgpa info`, `vgpa bench` and `vgpa score` (also `python -m vgpa ...`)."""
 
 from __future__ import annotations
 
@@ -45,12 +45,18 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, available backends and compiled CUDA architectures")
     sub.add_parser("bench", help="side-by-side throughput against peers (see `vgpa bench --help`)", add_help=False)
+    sub.add_parser("score", help="score videos for geometric consistency into meta_data.json "
+                                 "(see `vgpa score --help`)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(info())
         return 0
+    if args.command == "score":
+        from .score_command import main as score_main
+
+        return score_main(rest)
     from .bench.run import main as bench_main
 
     return bench_main(rest)

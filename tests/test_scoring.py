@@ -1,0 +1,192 @@
+"""vgpa.scoring.score_videos: batched per-video scores equal the ops run on each video alone,
+and rank the synthetic scenes of examples/score_demo.py (rigid above wobbly)."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vgpa
+from vgpa import metrics, scoring
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "score_demo.py"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("score_demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _video(generator, steps, size, confidence=True):
+    """A random but plausible video: depth 1.5-3.5, a moving camera, uint8 frames."""
+    depth = 1.5 + 2 * torch.rand(steps, size, size, generator=generator)
+    depth[:, 0, :3] = 0  # a few invalid pixels
+    focal = 0.8 * size
+    intrinsics = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]]).expand(steps, 3, 3)
+    extrinsics = torch.eye(4).repeat(steps, 1, 1)
+    extrinsics[:, 0, 3] = 0.05 * torch.arange(steps) + 0.01 * torch.rand(steps, generator=generator)
+    angle = 0.02 * torch.arange(steps)
+    extrinsics[:, 0, 0], extrinsics[:, 0, 2] = angle.cos(), angle.sin()
+    extrinsics[:, 2, 0], extrinsics[:, 2, 2] = -angle.sin(), angle.cos()
+    frames = torch.randint(0, 256, (steps, 3, size, size), dtype=torch.uint8, generator=generator)
+    conf = 0.5 + torch.rand(steps, size, size, generator=generator) if confidence else None
+    return {"depth": depth, "confidence": conf, "intrinsics": intrinsics.clone(), "extrinsics": extrinsics,
+            "frames": frames}
+
+
+def _mixed_videos():
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    # Two stacks of the same shape interleaved with videos of other frame counts and resolutions.
+    specs = [(4, 24, True), (5, 16, True), (4, 24, True), (4, 24, False), (5, 16, True), (4, 24, True)]
+    return [_video(generator, *spec) for spec in specs]
+
+
+def test_batched_scores_equal_scores_of_each_video_alone():
+    videos = _mixed_videos()
+    batched = scoring.score_videos(videos, device="cpu")
+    alone = [scoring.score_videos([video], device="cpu")[0] for video in videos]
+    in_twos = scoring.score_videos(videos, device="cpu", batch_size=2)
+    assert batched == alone == in_twos  # bitwise: stacking changes nothing
+    confident = [video for video in videos if video["confidence"] is not None]
+    thresholded = scoring.score_videos(confident, conf_threshold=20.0, device="cpu")
+    assert thresholded == [scoring.score_videos([video], conf_threshold=20.0, device="cpu")[0] for video in confident]
+    assert all(t["3dcs"] != b["3dcs"] for t, b in zip(thresholded, [s for v, s in zip(videos, batched)
+                                                                    if v["confidence"] is not None]))
+    keys = {"consistency_score", "3dcs", "mvcs", "normal_stability", "reprojection_abs_rel", "motion_norm"}
+    assert all(set(scores) == keys for scores in batched)
+    assert all(math.isfinite(v) for scores in batched for v in scores.values())
+    assert all(scores["consistency_score"] == scores["3dcs"] for scores in batched)
+    # Different videos score differently (a result scattered to the wrong video would show).
+    assert len({scores["3dcs"] for scores in batched}) == len(videos)
+
+
+def test_each_stack_runs_each_op_once(monkeypatch):
+    videos = _mixed_videos()  # three stacks: (4, 24, 24) with confidence, (5, 16, 16), (4, 24, 24) without
+    calls = {}
+
+    def counting(name, function):
+        def wrapper(depth, *args, **kwargs):
+            calls.setdefault(name, []).append(depth.shape[0])
+            return function(depth, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(scoring, "point_cloud", counting("point_cloud", scoring.point_cloud))
+    monkeypatch.setattr(scoring, "normal_stability", counting("normal_stability", scoring.normal_stability))
+    monkeypatch.setattr(scoring, "reprojection_error", counting("reprojection_error", scoring.reprojection_error))
+    monkeypatch.setattr(scoring._metrics, "mvcs", counting("mvcs", metrics.mvcs))
+    scoring.score_videos(videos, device="cpu")
+    assert {name: sorted(sizes) for name, sizes in calls.items()} == {
+        name: [1, 2, 3] for name in ("point_cloud", "normal_stability", "reprojection_error", "mvcs")}
+
+
+def test_scores_are_the_ops_results():
+    videos = _mixed_videos()[:2]
+    scores = scoring.score_videos(videos, conf_threshold=10.0, device="cpu")
+    for video, got in zip(videos, scores):
+        depth, conf = video["depth"][None], video["confidence"][None]
+        K, E = video["intrinsics"][None], video["extrinsics"][None]
+        frames = video["frames"][None].float() / 255
+        cloud = vgpa.point_cloud(depth, K, E, frames, conf=conf, conf_threshold=10.0)
+        three_dcs = metrics.consistency_score(cloud, None, K, E, frames, backend="torch")
+        warp = vgpa.reprojection_error(depth, K, E, backend="torch")
+        normals = vgpa.normal_stability(depth, K, E, backend="torch")
+        expected = {
+            "3dcs": three_dcs.item(),
+            "mvcs": metrics.mvcs(depth, K, E, backend="torch").item(),
+            # Mean over the pairs with a valid pixel (all of them here).
+            "reprojection_abs_rel": warp.error[0][warp.valid_count[0] > 0].mean().item(),
+            "normal_stability": normals.error[0][normals.valid_count[0] > 0].mean().item(),
+            "motion_norm": metrics.motion_score(E).item(),
+        }
+        assert bool((warp.valid_count > 0).all()) and bool((normals.valid_count > 0).all())
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_lpips_is_added_to_3dcs_and_reported():
+    videos = _mixed_videos()[:3]
+    seen = []
+
+    def distance(render, frame):  # a stand-in for LPIPS: mean absolute difference per image
+        seen.append(render.shape)
+        return (render - frame).abs().mean((1, 2, 3))
+
+    plain = scoring.score_videos(videos, metrics="3dcs,motion", device="cpu")
+    with_lpips = scoring.score_videos(videos, metrics="3dcs,motion", lpips=distance, lpips_weight=0.5, device="cpu")
+    assert seen and all(shape[1:] == (3, 24, 24) or shape[1:] == (3, 16, 16) for shape in seen)
+    for p, w in zip(plain, with_lpips):
+        assert w["3dcs_lpips"] > 0
+        assert w["3dcs"] == pytest.approx(p["3dcs"] + 0.5 * w["3dcs_lpips"], rel=1e-6)
+        assert set(p) == {"consistency_score", "3dcs", "motion_norm"}
+
+
+def test_lpips_metric_needs_the_package_and_never_downloads(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # as if the package were not installed
+    with pytest.raises(ImportError, match="pip install lpips"):
+        scoring.score_videos(_mixed_videos()[:1], metrics=("3dcs", "lpips"), device="cpu")
+
+
+def test_undefined_scores_are_nan_not_numbers():
+    video = _mixed_videos()[0]
+    video["depth"] = torch.zeros_like(video["depth"])  # no valid depth at all
+    scores = scoring.score_videos([video], device="cpu")[0]
+    for key in ("mvcs", "normal_stability", "reprojection_abs_rel"):
+        assert math.isnan(scores[key]), key
+    # An empty cloud renders the background (0): 3DCS is the frames' mean square.
+    frames = video["frames"].float() / 255
+    assert scores["3dcs"] == pytest.approx(frames.square().mean().item(), rel=1e-5)
+
+
+def test_bad_arguments_name_the_problem():
+    videos = _mixed_videos()[:2]
+    with pytest.raises(ValueError, match="unknown metric"):
+        scoring.score_videos(videos, metrics="3dcs,epipolar")
+    with pytest.raises(ValueError, match="'lpips' is part of 3DCS"):
+        scoring.score_videos(videos, metrics="mvcs,lpips")
+    with pytest.raises(ValueError, match="batch_size"):
+        scoring.score_videos(videos, batch_size=0)
+    with pytest.raises(TypeError, match="lpips_weight"):
+        scoring.score_videos(videos, lpips_weight=float("nan"))
+    bad = dict(videos[1], frames=videos[1]["frames"][:, :, :-1])
+    with pytest.raises(ValueError, match="video 1: frames must be"):
+        scoring.score_videos([videos[0], bad])
+    with pytest.raises(ValueError, match="video 0: 3dcs need\\(s\\) the video's frames"):
+        scoring.score_videos([dict(videos[0], frames=None)])
+    # Without 3DCS no frames are needed.
+    assert "mvcs" in scoring.score_videos([dict(videos[0], frames=None)], metrics="mvcs", device="cpu")[0]
+    one_frame = {k: None if v is None else v[:1] for k, v in videos[0].items()}
+    with pytest.raises(ValueError, match="video 0: needs at least 2 frames"):
+        scoring.score_videos([one_frame])
+    with pytest.raises(ValueError, match="video 0: conf_threshold=5.0 keeps the most confident points"):
+        scoring.score_videos([dict(videos[0], confidence=None)], conf_threshold=5.0)
+    with pytest.raises(ValueError, match="conf_threshold is a percentage"):
+        scoring.score_videos(videos, conf_threshold=100)
+    with pytest.raises(ValueError, match="frames holds 1 entries for 2 videos"):
+        scoring.score_videos(videos, frames=[None])
+
+
+def test_every_metric_states_its_direction():
+    assert set(scoring.METRICS) == {"3dcs", "mvcs", "normal_stability", "reprojection", "motion"}
+    directions = {name: metric.lower_is_better for name, metric in scoring.METRICS.items()}
+    assert directions == {"3dcs": True, "mvcs": False, "normal_stability": True, "reprojection": True, "motion": None}
+
+
+def test_rigid_scenes_score_better_than_wobbly_ones(demo):
+    seed = int(torch.randint(0, 10_000, ()).item())  # a fresh scene and camera paths every run
+    videos = demo.make_group(seed, frames=6, size=48)
+    geometries = [{"depth": depth, "confidence": None, "intrinsics": K, "extrinsics": E,
+                   "frames": (image * 255).round().to(torch.uint8)} for _, image, depth, K, E in videos]
+    scores = scoring.score_videos(geometries, device="cpu")
+    rigid = [s for (kind, *_), s in zip(videos, scores) if kind == demo.RIGID]
+    wobbly = [s for (kind, *_), s in zip(videos, scores) if kind == demo.WOBBLY]
+    assert len(rigid) == len(wobbly) == 2
+    for key in ("3dcs", "normal_stability", "reprojection_abs_rel"):  # lower is better
+        assert max(s[key] for s in rigid) < min(s[key] for s in wobbly), (key, seed)
+    assert min(s["mvcs"] for s in rigid) > max(s["mvcs"] for s in wobbly), seed
+    assert all(s["motion_norm"] > 0.001 for s in scores)
