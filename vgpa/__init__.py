@@ -2,6 +2,9 @@
 
 from ._backend import BACKENDS, BackendUnavailableError, available_backends
 from .ops.diffusion_dpo_loss import DiffusionDPOLoss, DiffusionDPOLossResult, diffusion_dpo_loss
+from .ops.epipolar import ransac_inlier_count, sampson_distance
+from .features import MatchFeaturesResult, match_features
+from .ops.fundamental_matrix import FundamentalMatrixResult, fundamental_matrix
 from .ops.normal_stability import (DepthToNormalsResult, NormalStabilityResult, depth_to_normals,
                                    normal_stability)
 from .ops.point_cloud import PointCloud, point_cloud
@@ -19,6 +22,8 @@ __all__ = [
     "DepthToNormalsResult",
     "DiffusionDPOLoss",
     "DiffusionDPOLossResult",
+    "FundamentalMatrixResult",
+    "MatchFeaturesResult",
     "NormalStabilityResult",
     "PointCloud",
     "RenderConsistencyResult",
@@ -29,12 +34,16 @@ __all__ = [
     "available_backends",
     "depth_to_normals",
     "diffusion_dpo_loss",
+    "fundamental_matrix",
+    "match_features",
     "metrics",
     "normal_stability",
     "point_cloud",
+    "ransac_inlier_count",
     "render_consistency",
     "render_points",
     "reprojection_error",
+    "sampson_distance",
     "unproject_depth",
     "window_pairs",
 ]
