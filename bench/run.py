@@ -13,6 +13,7 @@ from .common import print_table, write_results
 # op name -> module (bench/bench_<op>.py) exposing run(device, quick) -> list of rows
 ENTRIES = {
     "diffusion_dpo_loss": "vgpa.bench.bench_diffusion_dpo_loss",
+    "epipolar": "vgpa.bench.bench_epipolar",
     "normal_stability": "vgpa.bench.bench_normal_stability",
     "render_points": "vgpa.bench.bench_render_points",
     "reprojection_error": "vgpa.bench.bench_reprojection_error",

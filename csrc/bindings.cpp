@@ -19,6 +19,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   vgpa::bind_diffusion_dpo_loss(m);
+  vgpa::bind_epipolar(m);
   vgpa::bind_normal_stability(m);
   vgpa::bind_render_points(m);
   vgpa::bind_reprojection_error(m);

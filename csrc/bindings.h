@@ -25,6 +25,7 @@ using Sizes = std::vector<int64_t>;
 using StrideList = std::vector<std::vector<int64_t>>;
 
 void bind_diffusion_dpo_loss(py::module_& m);
+void bind_epipolar(py::module_& m);
 void bind_normal_stability(py::module_& m);
 void bind_render_points(py::module_& m);
 void bind_reprojection_error(py::module_& m);

@@ -217,6 +217,45 @@ def test_dpo_loss_forward_and_backward_are_bitwise_identical_under_every_schedul
     assert _identical(_under_schedules(emu, run))
 
 
+def _epipolar_inputs(dtype, seed=5):
+    """Matches of three pairs (one empty; one above a block of matches) and 130 hypotheses per
+    pair (above one tile), about their pair's F."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.tensor([300, 0, 7])
+    x1 = torch.rand(307, 2, generator=g, dtype=torch.float64) * 64
+    x2 = x1 + torch.randn(307, 2, generator=g, dtype=torch.float64)
+    fundamental = torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
+    hypotheses = fundamental[:, None] + 0.05 * torch.randn(3, 130, 3, 3, generator=g, dtype=torch.float64)
+    return tuple(t.to(dtype) for t in (fundamental, hypotheses, x1, x2)) + (counts,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_epipolar_kernels_are_bitwise_identical_under_every_schedule(emu, dtype):
+    fundamental, hypotheses, x1, x2, counts = _epipolar_inputs(dtype)
+
+    def run():
+        f = fundamental.clone().requires_grad_(True)
+        a = x1.clone().requires_grad_(True)
+        d = vgpa.sampson_distance(f, a, x2, counts=counts, backend="cuda")
+        grad_f, grad_x1 = torch.autograd.grad(d.sum(), (f, a))  # fixed-order block sums: no atomics
+        inliers = vgpa.ransac_inlier_count(hypotheses, x1, x2, counts=counts, threshold=2.0, backend="cuda")
+        return d, grad_f, grad_x1, inliers
+
+    assert _identical(_under_schedules(emu, run))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_epipolar_cuda_decides_as_the_cpu_twin(emu, dtype):
+    fundamental, hypotheses, x1, x2, counts = _epipolar_inputs(dtype, seed=6)
+    for threshold in (0.5, 2.0, 8.0):
+        got, want = (vgpa.ransac_inlier_count(hypotheses, x1, x2, counts=counts, threshold=threshold, backend=b)
+                     for b in ("cuda", "cpu"))
+        assert torch.equal(got, want)
+    got, want = (vgpa.sampson_distance(fundamental, x1, x2, counts=counts, squared=True, backend=b)
+                 for b in ("cuda", "cpu"))
+    assert torch.equal(_bits(got), _bits(want))
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_atomic_backwards_agree_under_every_schedule_within_rounding(emu, dtype, tolerance):
     """The reprojection and normal-stability backwards scatter with float atomics: the order of

@@ -2,6 +2,9 @@
 
 from ._backend import BACKENDS, BackendUnavailableError, available_backends
 from .ops.diffusion_dpo_loss import DiffusionDPOLoss, DiffusionDPOLossResult, diffusion_dpo_loss
+from .ops.epipolar import ransac_inlier_count, sampson_distance
+from .features import MatchFeaturesResult, match_features
+from .ops.fundamental_matrix import FundamentalMatrixResult, fundamental_matrix
 from .ops.normal_stability import (DepthToNormalsResult, NormalStabilityResult, depth_to_normals,
                                    normal_stability)
 from .ops.point_cloud import PointCloud, point_cloud
@@ -20,6 +23,8 @@ __all__ = [
     "DepthToNormalsResult",
     "DiffusionDPOLoss",
     "DiffusionDPOLossResult",
+    "FundamentalMatrixResult",
+    "MatchFeaturesResult",
     "NormalStabilityResult",
     "PointCloud",
     "RenderConsistencyResult",
@@ -30,13 +35,17 @@ __all__ = [
     "available_backends",
     "depth_to_normals",
     "diffusion_dpo_loss",
+    "fundamental_matrix",
     "geometry",
+    "match_features",
     "metrics",
     "normal_stability",
     "point_cloud",
+    "ransac_inlier_count",
     "render_consistency",
     "render_points",
     "reprojection_error",
+    "sampson_distance",
     "scoring",
     "unproject_depth",
     "video",

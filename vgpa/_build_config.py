@@ -27,10 +27,10 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr", "-Xc
               "-DVGPA_WITH_CUDA"]
 
 # Sources whose kernels take discrete decisions (validity, the pixel a point lands on, the
-# z-buffer winner): compiled without FMA contraction, so every multiply and add is rounded on
-# its own, as on the CPU, and the GPU decides exactly as the C++ twin does. Division and square
-# root are IEEE without --use_fast_math, which vgpa never uses.
-DECISION_SOURCES = ("normal_stability.cu", "render_points.cu", "reprojection_error.cu")
+# z-buffer winner, the inlier test): compiled without FMA contraction, so every multiply and add
+# is rounded on its own, as on the CPU, and the GPU decides exactly as the C++ twin does.
+# Division and square root are IEEE without --use_fast_math, which vgpa never uses.
+DECISION_SOURCES = ("epipolar.cu", "normal_stability.cu", "render_points.cu", "reprojection_error.cu")
 NVCC_SOURCE_FLAGS = {name: ["--fmad=false"] for name in DECISION_SOURCES}
 
 

@@ -1,6 +1,8 @@
 """Scores of the VideoGPA recipe built on vgpa's fused ops."""
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -71,3 +73,99 @@ def motion_score(extrinsics):
                         relative[..., 1, 0] - relative[..., 0, 1]], dim=-1)
     angle = torch.atan2(skew.norm(dim=-1) / 2, cos)
     return step.mean(-1) + 0.1 * angle.mean(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Epipolar consistency (DESIGN 3.6)
+
+
+@dataclass
+class EpipolarScoreResult:
+    """Output of :func:`epipolar_score`. Lower scores are better.
+
+    score: (B,) per video: "8point", VideoGPA's score, the mean over valid pairs of the pair
+    scores; "ransac", the mean over valid pairs of the pairs' median Sampson distance. NaN for
+    a video without a valid pair (VideoGPA returns -1 there).
+    inlier_ratio: ("ransac") (B,) inliers / matches over the video's valid pairs; else None.
+    pair_score: (P_total,) per frame pair, NaN where invalid: "8point" the mean over its
+    matches of sqrt(d^2 + 1e-8), "ransac" the (lower) median of d over all its matches.
+    pair_inlier_ratio: ("ransac") (P_total,) inlier_count / count, NaN where invalid.
+    valid: (P_total,) bool, a pair with enough matches and a valid F.
+    F: (P_total, 3, 3) the fitted fundamental matrices (see :func:`vgpa.fundamental_matrix`).
+    matches: the :class:`vgpa.features.MatchFeaturesResult` scored (pairs, video ids, counts).
+    """
+
+    score: torch.Tensor
+    inlier_ratio: Optional[torch.Tensor]
+    pair_score: torch.Tensor
+    pair_inlier_ratio: Optional[torch.Tensor]
+    valid: torch.Tensor
+    F: torch.Tensor
+    matches: object
+
+
+def epipolar_score(frames=None, pairs=None, *, method="8point", threshold=1.0, iterations=1024, confidence=0.999,
+                   seed=0, backend="auto", matches=None, ratio=0.75, min_matches=20, max_keypoints=None,
+                   value_range=None) -> EpipolarScoreResult:
+    """Epipolar consistency of each video (lower is better).
+
+    frames: as :func:`vgpa.match_features` takes them, (B, T, C, H, W), (T, C, H, W) or
+    (T, H, W, C); pairs default to consecutive frames. Or ``matches``: a
+    :class:`vgpa.features.MatchFeaturesResult` computed before (then leave frames and pairs out);
+    the fit runs on the device of the frames (a tensor), else of the matches.
+
+    method "8point" is VideoGPA's score: F by the 8-point algorithm on all matches of a pair,
+    pair score = mean over matches of sqrt(d^2 + 1e-8) with d the Sampson distance, video score =
+    mean over the pairs with a valid F. "ransac" fits F robustly (:func:`vgpa.fundamental_matrix`
+    with ``threshold``, ``iterations``, ``confidence``, ``seed``) and scores the median Sampson
+    distance over all matches, plus the inlier ratio. One batched fit and one Sampson call score
+    all pairs of all videos; ``backend`` picks the kernels. ratio, min_matches, max_keypoints and
+    value_range go to :func:`vgpa.match_features`.
+    """
+    from . import _backend
+    from .features import MatchFeaturesResult, matches_of
+    from .ops.epipolar import sampson_distance
+    from .ops.fundamental_matrix import METHODS, check_ransac_options, fundamental_matrix, match_layout
+
+    op = "epipolar_score"
+    if method not in METHODS:
+        raise ValueError(f"{op}: method must be one of {METHODS}, got {method!r}")
+    check_ransac_options(op, threshold, iterations, confidence, seed)
+    if matches is None:
+        if frames is None:
+            raise ValueError(f"{op}: pass frames, or matches from vgpa.match_features")
+        matches = matches_of(op, frames, pairs, ratio, min_matches, max_keypoints, value_range)
+    elif not isinstance(matches, MatchFeaturesResult):
+        raise TypeError(f"{op}: matches must be a vgpa.features.MatchFeaturesResult, got {type(matches).__name__}")
+    elif frames is not None or pairs is not None:
+        raise ValueError(f"{op}: pass either frames (and pairs) or matches, not both")
+    device = frames.device if isinstance(frames, torch.Tensor) else matches.x1.device
+    _backend.resolve(backend, device, op)
+    x1, x2, counts = matches.x1.to(device), matches.x2.to(device), matches.counts.to(device)
+    layout = match_layout(op, x1, x2, counts)
+    fit = fundamental_matrix(x1, x2, counts=counts, method=method, threshold=threshold, iterations=iterations,
+                             confidence=confidence, seed=seed, backend=backend)
+    valid = fit.valid
+    member = (matches.video.to(device)[None, :] == torch.arange(matches.videos, device=device)[:, None]) & valid
+    pairs_per_video = member.sum(1)
+    nan = torch.tensor(float("nan"), dtype=x1.dtype, device=device)
+
+    def per_video(values):  # mean over each video's valid pairs, NaN without one
+        total = torch.where(member, values[None, :], 0).sum(1)
+        return torch.where(pairs_per_video > 0, total / pairs_per_video.clamp_min(1), nan)
+
+    if method == "8point":
+        squared = sampson_distance(fit.F, x1, x2, counts=counts, squared=True, backend=backend)
+        error = layout.to_padded(torch.sqrt(squared + 1e-8), 0.0).sum(-1) / layout.counts.clamp_min(1)
+        pair_score = torch.where(valid, error, nan)
+        return EpipolarScoreResult(per_video(pair_score), None, pair_score, None, valid, fit.F, matches)
+    distance = sampson_distance(fit.F, x1, x2, counts=counts, squared=False, backend=backend)
+    padded = layout.to_padded(distance, float("nan"))
+    median = padded.nanmedian(-1).values if layout.width else padded.new_full((layout.pairs,), float("nan"))
+    pair_score = torch.where(valid, median, nan)
+    pair_ratio = torch.where(valid, fit.inlier_count / layout.counts.clamp_min(1), nan)
+    inliers = torch.where(member, fit.inlier_count[None, :], 0).sum(1)
+    total = torch.where(member, layout.counts[None, :], 0).sum(1)
+    ratio_video = torch.where(total > 0, inliers / total.clamp_min(1), nan).to(x1.dtype)
+    return EpipolarScoreResult(per_video(pair_score), ratio_video, pair_score, pair_ratio.to(x1.dtype), valid,
+                               fit.F, matches)

@@ -21,7 +21,8 @@ BUILD = os.path.join(ROOT, "build", "sanitize")
 # Every test of the emulation itself, and the cpu and cuda cases of every op's tests: each
 # kernel runs on odd sizes, invalid inputs and non-contiguous layouts there.
 TESTS = ["tests/test_cuda_emulation.py", "tests/test_diffusion_dpo_loss.py", "tests/test_reprojection_error.py",
-         "tests/test_normal_stability.py", "tests/test_render_points.py"]
+         "tests/test_normal_stability.py", "tests/test_render_points.py",
+         "tests/test_epipolar.py"]
 SELECTION = "cpu or cuda"
 
 

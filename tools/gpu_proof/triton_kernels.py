@@ -493,7 +493,48 @@ def _call_diffusion_dpo_loss(rec, size, dtype, loss_type, weight, layout, segmen
     _backward(result.loss)
 
 
+def _matches(rec, size, dtype):
+    """Two pairs of matches, packed, with F (P, 3, 3): pixel coordinates on a 64-pixel frame."""
+    import torch
+
+    count = SIZES[size]["points"]
+    x1 = rec.keep((64 * torch.rand(2 * count - 1, 2, generator=_generator())).to(dtype))
+    x2 = rec.keep((x1 + torch.rand(x1.shape, generator=_generator())).to(dtype))
+    fundamental = rec.keep(torch.randn(_BATCH, 3, 3, generator=_generator()).to(dtype))
+    return fundamental, x1, x2, [count, count - 1]
+
+
+def _call_sampson_distance(rec, size, dtype, squared, backward):
+    import vgpa
+
+    fundamental, x1, x2, counts = _matches(rec, size, dtype)
+    for x in (fundamental, x1, x2):  # one backward kernel makes every gradient
+        x.requires_grad_(backward)
+    _backward(vgpa.sampson_distance(fundamental, x1, x2, counts=counts, squared=squared, backend="triton"))
+
+
+def _call_ransac_inlier_count(rec, size, dtype):
+    import torch
+    import vgpa
+
+    fundamental, x1, x2, counts = _matches(rec, size, dtype)
+    hypotheses = rec.keep(fundamental[:, None] + torch.randn(_BATCH, 20, 3, 3, generator=_generator()).to(dtype))
+    vgpa.ransac_inlier_count(hypotheses, x1, x2, threshold=1.0, counts=counts, backend="triton")
+
+
+def _call_fundamental_matrix(rec, size, dtype, method):
+    import torch
+    import vgpa
+
+    _, x1, x2, counts = _matches(rec, size, dtype)
+    # weights belong to the 8-point fit; RANSAC makes its own (the inlier mask) for the refit
+    weights = rec.keep(torch.rand(x1.shape[0], generator=_generator()).to(dtype)) if method == "8point" else None
+    vgpa.fundamental_matrix(x1, x2, counts=counts, weights=weights, method=method, iterations=16, backend="triton")
+
+
 def probes() -> list[Probe]:
+    from vgpa.ops import epipolar
+    from vgpa.ops import fundamental_matrix as fundamental
     from vgpa.ops import diffusion_dpo_loss as dpo
     from vgpa.ops import render_points as render
     from vgpa.ops import reprojection_error as reprojection
@@ -527,6 +568,14 @@ def probes() -> list[Probe]:
               {"point_dtype": render.POINT_DTYPES, "color_dtype": render.COLOR_DTYPES,
                "frame_dtype": render.COLOR_DTYPES, "masked": (False, True)},
               ("background", "backend"), _call_render_consistency),
+        Probe(epipolar.sampson_distance, ("F", "x1", "x2", "counts"),
+              {"dtype": epipolar.DTYPES, "squared": (False, True), "backward": (False, True)},
+              ("backend",), _call_sampson_distance),
+        Probe(epipolar.ransac_inlier_count, ("F_hypotheses", "x1", "x2", "counts"), {"dtype": epipolar.DTYPES},
+              ("threshold", "backend"), _call_ransac_inlier_count),
+        Probe(fundamental.fundamental_matrix, ("x1", "x2", "counts", "weights"),
+              {"dtype": fundamental.POINT_DTYPES, "method": fundamental.METHODS},
+              ("threshold", "iterations", "confidence", "seed", "backend"), _call_fundamental_matrix),
         Probe(dpo.diffusion_dpo_loss, ("model_pred", "ref_pred", "target", "frame_dim"),
               {"dtype": tuple(dpo.FLOAT_DTYPES), "loss_type": tuple(dpo_reference.LOSS_TYPES),
                "weight": (None, "per element", "broadcast"), "layout": ("contiguous", "permuted"),

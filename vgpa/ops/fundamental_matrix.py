@@ -1,0 +1,274 @@
+"""Batched fundamental matrices from matches: the normalised 8-point algorithm and RANSAC
+(DESIGN 3.6).
+
+Every pair of every video is solved at once: the matches are laid out as one padded batch
+(P, M, 2) with a mask (one deterministic copy from a packed layout), the 9x9 normal matrices
+are one batched matrix product and one batched eigen-decomposition. RANSAC draws its minimal
+samples from a counter-based integer hash (identical on every device and backend), solves all
+P x iterations minimal systems in one batched call and scores them with one call of
+:func:`vgpa.ransac_inlier_count` on the chosen backend. The math is in
+vgpa.reference.fundamental_matrix.
+
+Matches (``x1``, ``x2``), as for :func:`vgpa.sampson_distance`:
+- packed: (M_total, 2) with ``counts`` (P,): pair p owns the next counts[p] rows (``counts``
+  may be omitted for a single pair);
+- padded: (P, M, 2); with ``counts`` (P,) only the first counts[p] matches of pair p are used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from ..reference import fundamental_matrix as reference
+
+OP = "fundamental_matrix"
+POINT_DTYPES = (torch.float32, torch.float64)
+METHODS = ("8point", "ransac")
+
+
+@dataclass
+class FundamentalMatrixResult:
+    """Output of :func:`fundamental_matrix`.
+
+    F: (P, 3, 3) in the points' dtype, x2^T F x1 = 0, unit Frobenius norm with its
+    largest-magnitude entry positive; NaN where invalid.
+    valid: (P,) bool.
+    inliers: ("ransac") bool in the layout of the matches, (M_total,) or (P, M): the matches
+    within ``threshold`` pixels (Sampson distance) of the returned F; False on padding and for
+    invalid pairs. None for "8point".
+    inlier_count: ("ransac") (P,) int64, 0 for invalid pairs. None for "8point".
+    """
+
+    F: Tensor
+    valid: Tensor
+    inliers: Optional[Tensor] = None
+    inlier_count: Optional[Tensor] = None
+
+
+class MatchLayout:
+    """Packed or padded matches seen as one padded batch (P, M, 2) with a mask.
+
+    Built by :func:`match_layout`. ``to_padded`` copies per-match values (the matches' own
+    layout) into (P, M); ``to_matches`` copies (P, M) values back. Both are index copies with
+    one destination per element, hence deterministic on every device."""
+
+    def __init__(self, packed: bool, counts: Tensor, width: int, kernel_counts: Optional[Tensor], device):
+        self.packed = packed
+        self.counts = counts  # (P,) int64
+        self.pairs = counts.shape[0]
+        self.width = width  # M
+        self.kernel_counts = kernel_counts  # what the epipolar kernels take as counts=
+        self.mask = torch.arange(width, device=device)[None, :] < counts[:, None]  # (P, M)
+        if packed:
+            self.row_pair = torch.repeat_interleave(torch.arange(self.pairs, device=device), counts)
+            starts = torch.cumsum(counts, 0) - counts
+            self.row_position = torch.arange(self.row_pair.shape[0], device=device) - starts[self.row_pair]
+
+    def to_padded(self, values: Tensor, fill) -> Tensor:
+        """values in the matches' layout, (M_total, ...) or (P, M, ...) -> (P, M, ...), ``fill``
+        outside the counts."""
+        if self.packed:
+            out = torch.full((self.pairs, self.width) + values.shape[1:], fill, dtype=values.dtype,
+                             device=values.device)
+            out[self.row_pair, self.row_position] = values
+            return out
+        mask = self.mask.view(self.mask.shape + (1,) * (values.dim() - 2))
+        return torch.where(mask, values, torch.full((), fill, dtype=values.dtype, device=values.device))
+
+    def to_matches(self, padded: Tensor) -> Tensor:
+        """(P, M, ...) -> the matches' layout."""
+        return padded[self.row_pair, self.row_position] if self.packed else padded
+
+
+def _count_tensor(op, counts, device):
+    if not isinstance(counts, Tensor):
+        try:
+            counts = torch.tensor(list(counts), dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise TypeError(f"{op}: counts must be a (P,) integer tensor or a sequence of ints, got {counts!r}") \
+                from exc
+    if counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool:
+        raise TypeError(f"{op}: counts must hold integers, got dtype {counts.dtype}")
+    if counts.dim() != 1:
+        raise ValueError(f"{op}: counts must be (P,), got shape {tuple(counts.shape)}")
+    return counts.to(device=device, dtype=torch.int64)
+
+
+def match_layout(op: str, x1, x2, counts=None) -> MatchLayout:
+    """Checks matches x1, x2 and their counts (module docstring) and returns their layout.
+    Reads the (P,) counts on the host (one sync on a GPU)."""
+    for name, x in (("x1", x1), ("x2", x2)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in POINT_DTYPES:
+            raise TypeError(f"{op}: {name} has dtype {x.dtype}; expected float32 or float64")
+        if x.dim() not in (2, 3) or x.shape[-1] != 2:
+            raise ValueError(f"{op}: {name} must be packed (M_total, 2) or padded (P, M, 2), got shape "
+                             f"{tuple(x.shape)}")
+    if x2.shape != x1.shape or x2.dtype != x1.dtype or x2.device != x1.device:
+        raise ValueError(f"{op}: x2 must have x1's shape, dtype and device: x1 is {x1.dtype} {tuple(x1.shape)} on "
+                         f"{x1.device}, x2 is {x2.dtype} {tuple(x2.shape)} on {x2.device}")
+    device = x1.device
+    if x1.dim() == 2:
+        total = x1.shape[0]
+        if counts is None:
+            counts = torch.tensor([total], dtype=torch.int64, device=device)
+        counts = _count_tensor(op, counts, device)
+        values = counts.tolist()
+        if any(c < 0 for c in values):
+            raise ValueError(f"{op}: counts must be >= 0, got {values}")
+        if sum(values) != total:
+            raise ValueError(f"{op}: packed counts sum to {sum(values)} but x1 has {total} matches")
+        return MatchLayout(True, counts, max(values, default=0), counts, device)
+    pairs, width = x1.shape[:2]
+    kernel_counts = None
+    if counts is None:
+        counts = torch.full((pairs,), width, dtype=torch.int64, device=device)
+    else:
+        counts = kernel_counts = _count_tensor(op, counts, device)
+        if counts.shape[0] != pairs:
+            raise ValueError(f"{op}: counts must be ({pairs},) for padded matches of shape {tuple(x1.shape)}, "
+                             f"got {tuple(counts.shape)}")
+        values = counts.tolist()
+        if any(c < 0 or c > width for c in values):
+            raise ValueError(f"{op}: padded counts must lie in [0, {width}], got {values}")
+    return MatchLayout(False, counts, width, kernel_counts, device)
+
+
+def _number(op, name, value, low, high, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"{op}: {name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
+
+
+def _integer(op, name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or value > high:
+        raise ValueError(f"{op}: {name} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_ransac_options(op, threshold, iterations, confidence, seed):
+    """The RANSAC settings as (threshold, iterations, confidence, seed), or a ValueError."""
+    return (_number(op, "threshold", threshold, 0.0, math.inf, low_open=True),
+            _integer(op, "iterations", iterations, 1, 1 << 20),
+            _number(op, "confidence", confidence, 0.0, 1.0, low_open=True),
+            _integer(op, "seed", seed, 0, (1 << 63) - 1))
+
+
+def _finite_points(layout: MatchLayout, x1: Tensor, x2: Tensor):
+    """(x1, x2) padded in float64 with 0 outside the counts, and (P,) whether every match of a
+    pair is finite."""
+    p1 = layout.to_padded(x1, 0.0).double()
+    p2 = layout.to_padded(x2, 0.0).double()
+    finite = (torch.isfinite(p1).all(-1) & torch.isfinite(p2).all(-1)) | ~layout.mask
+    finite = finite.all(-1)
+    keep = finite[:, None, None]
+    return torch.where(keep, p1, 0.0), torch.where(keep, p2, 0.0), finite
+
+
+def fundamental_matrix(x1, x2, *, counts=None, weights=None, method="8point", threshold=1.0, iterations=1024,
+                       confidence=0.999, seed=0, backend="auto") -> FundamentalMatrixResult:
+    """Fundamental matrices F (x2^T F x1 = 0) of P frame pairs from their matches, all at once.
+
+    method "8point": the normalised 8-point algorithm on all matches (``weights``, >= 0 and in
+    the matches' layout, weight each match's equation and its Hartley statistics).
+    method "ransac": per pair ``iterations`` minimal 8-point hypotheses from seeded samples
+    (identical on every backend and device), scored with one fused
+    :func:`vgpa.ransac_inlier_count` call (inlier: Sampson distance <= ``threshold`` pixels);
+    the most inliers wins (ties: the lowest hypothesis index; ``confidence`` < 1 stops the
+    sequence early by the adaptive-RANSAC rule, see vgpa.reference.fundamental_matrix), then
+    8-point on its inliers. ``inliers`` are those of the refit F.
+
+    A pair is invalid (``valid`` False, F NaN) with fewer than 8 matches (of positive weight),
+    a non-finite coordinate, all points of a frame identical, or matches that leave F
+    undetermined (collinear points, a homography such as identical frames or a planar scene):
+    the second-smallest singular value of the normalised design matrix at most 1e-5 (float32)
+    or 1e-7 (float64) of the largest. Invalid pairs never raise and never disturb the others.
+
+    x1, x2: float32 or float64, packed (M_total, 2) with ``counts`` (P,), or padded (P, M, 2)
+    with optional ``counts``. The solve runs in float64; F comes back in the points' dtype.
+    ``backend`` picks the kernels of the RANSAC scoring ("8point" runs no kernel). Runs eagerly
+    (it reads counts on the host) and records no gradient; the result is bitwise reproducible
+    on one device.
+    """
+    with torch.no_grad():  # a fit, not a differentiable op: nothing is recorded for autograd
+        return _fit(x1, x2, counts, weights, method, threshold, iterations, confidence, seed, backend)
+
+
+def _fit(x1, x2, counts, weights, method, threshold, iterations, confidence, seed, backend):
+    layout = match_layout(OP, x1, x2, counts)
+    if method not in METHODS:
+        raise ValueError(f"{OP}: method must be one of {METHODS}, got {method!r}")
+    threshold, iterations, confidence, seed = check_ransac_options(OP, threshold, iterations, confidence, seed)
+    _backend.resolve(backend, x1.device, OP)
+    p1, p2, finite = _finite_points(layout, x1, x2)
+    tolerance = reference.RANK_TOLERANCE[x1.dtype]
+    if method == "8point":
+        w = layout.mask.double()
+        if weights is not None:
+            w = w * _weights(layout, x1, weights)
+        F, ok = reference.eight_point(p1, p2, w, tolerance)
+        valid = ok & finite
+        return FundamentalMatrixResult(_masked(F, valid).to(x1.dtype), valid)
+    if weights is not None:
+        raise ValueError(f"{OP}: weights apply to method='8point' only")
+    return _ransac(layout, x1, x2, p1, p2, finite, threshold, iterations, confidence, seed, backend, tolerance)
+
+
+def _weights(layout: MatchLayout, x1: Tensor, weights) -> Tensor:
+    if not isinstance(weights, Tensor) or not weights.is_floating_point():
+        raise TypeError(f"{OP}: weights must be a floating-point tensor, got "
+                        f"{weights.dtype if isinstance(weights, Tensor) else type(weights).__name__}")
+    if weights.shape != x1.shape[:-1] or weights.device != x1.device:
+        raise ValueError(f"{OP}: weights must have shape {tuple(x1.shape[:-1])} on {x1.device} (one per match), "
+                         f"got {tuple(weights.shape)} on {weights.device}")
+    padded = layout.to_padded(weights.double(), 0.0)
+    if not bool((torch.isfinite(padded) & (padded >= 0)).all()):
+        raise ValueError(f"{OP}: weights must be finite and >= 0")
+    return padded
+
+
+def _masked(F: Tensor, valid: Tensor) -> Tensor:
+    return torch.where(valid[:, None, None], F, torch.full_like(F, float("nan")))
+
+
+def _ransac(layout, x1, x2, p1, p2, finite, threshold, iterations, confidence, seed, backend, tolerance):
+    from .epipolar import ransac_inlier_count, sampson_distance
+
+    pairs = layout.pairs
+    if pairs == 0:
+        empty = torch.zeros(0, dtype=torch.bool, device=x1.device)
+        return FundamentalMatrixResult(x1.new_empty((0, 3, 3)), empty, torch.zeros(x1.shape[:-1], dtype=torch.bool,
+                                       device=x1.device), torch.zeros(0, dtype=torch.int64, device=x1.device))
+    # Pairs below 8 matches are invalid; padding to 8 keeps their samples in bounds.
+    pad = (0, 0, 0, max(reference.SAMPLE_SIZE - layout.width, 0))
+    samples = reference.ransac_samples(layout.counts, iterations, seed)  # (P, H, 8)
+    index = samples.view(pairs, -1, 1).expand(-1, -1, 2)
+    s1 = torch.nn.functional.pad(p1, pad).gather(1, index).view(pairs, iterations, reference.SAMPLE_SIZE, 2)
+    s2 = torch.nn.functional.pad(p2, pad).gather(1, index).view(pairs, iterations, reference.SAMPLE_SIZE, 2)
+    usable = finite & (layout.counts >= reference.SAMPLE_SIZE)
+    hypotheses, _ = reference.eight_point(s1, s2, torch.ones_like(s1[..., 0]), tolerance)
+    hypotheses = torch.where(usable[:, None, None, None], hypotheses, float("nan")).to(x1.dtype)
+    counts = layout.kernel_counts
+    scores = ransac_inlier_count(hypotheses, x1, x2, threshold=threshold, counts=counts, backend=backend)
+    best = reference.select_hypothesis(scores, layout.counts, confidence)
+    rows = torch.arange(pairs, device=x1.device)
+    best_count = scores[rows, best].long()
+    best_F = hypotheses[rows, best]
+    best_inliers = sampson_distance(best_F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
+    weights = layout.to_padded(best_inliers, False).double()
+    refit, ok = reference.eight_point(p1, p2, weights, tolerance)
+    valid = usable & ok & (best_count >= reference.SAMPLE_SIZE)
+    F = _masked(refit, valid).to(x1.dtype)
+    inliers = sampson_distance(F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
+    inliers = layout.to_matches(layout.to_padded(inliers, False))  # False on padding
+    inlier_count = layout.to_padded(inliers, False).sum(-1)
+    return FundamentalMatrixResult(F, valid, inliers, inlier_count)
