@@ -1,5 +1,18 @@
-"""Diffusion-DPO loss, forward + backward: vgpa's backends against the eager formula (as the
-diffusers Diffusion-DPO example and VideoGPA write it) and torch.compile of that formula."""
+"""Diffusion-DPO loss, forward + backward with respect to the policy prediction, on CogVideoX-layout
+latents (2B, frames, channels, height, width), winners first. Peers:
+
+- "eager (diffusers)": the loss as the diffusers Diffusion-DPO training example writes it on the
+  (2B, ...) layout (our statement of that formula);
+- "eager (VideoGPA call)": the same formula called as VideoGPA's trainer calls its loss, with the
+  winning and losing policy predictions, reference predictions and targets as six tensors (our
+  statement: the trainer passes (v_win_pred, v_lose_pred, v_win_ref, v_lose_ref, v_win_target,
+  v_lose_target); the loss module itself is not in VideoGPA's released code);
+- "torch.compile (diffusers)": torch.compile of the diffusers formula (dynamic shapes, one
+  compile for every size).
+
+The loss is memory-bound: rows report GB/s (forward reads 3 tensors, backward reads 2 and writes
+1) against a large copy measured in the same run.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import vgpa
-from vgpa import _backend
 
-from .common import copy_bandwidth_gbs, peak_memory_mib, time_ms
+from .harness import Entry, Impl, Size, assert_close
 
-BETA = 500.0  # diffusers' -0.5 * beta' form with beta' = 2 * BETA gives the same loss
-
-# (pairs, frames, channels, height, width) of CogVideoX-layout latents
-CPU_SIZES = {"quick": [(1, 4, 16, 30, 45)], "full": [(1, 13, 16, 60, 90), (2, 13, 16, 60, 90)]}
-GPU_SIZES = {
-    "quick": [(2, 13, 16, 60, 90)],
-    "full": [(2, 13, 16, 60, 90), (8, 13, 16, 60, 90), (2, 13, 16, 240, 360)],  # 4.5M, 18M, 72M per tensor
-}
+BETA = 500.0  # vgpa's beta; the diffusers form -0.5 * beta' uses beta' = 2 * BETA
 
 
 def eager_dpo_loss(model_pred, ref_pred, target, beta_prime=2 * BETA):
@@ -33,54 +38,89 @@ def eager_dpo_loss(model_pred, ref_pred, target, beta_prime=2 * BETA):
     return -F.logsigmoid(inside).mean()
 
 
-def _fwd_bwd(loss_fn, model_pred):
-    def step():
-        model_pred.grad = None
-        loss_fn().backward()
+def videogpa_call_dpo_loss(win_pred, lose_pred, win_ref, lose_ref, win_target, lose_target, beta_prime=2 * BETA):
+    """The same formula on VideoGPA's six-tensor call (module docstring); returns the loss."""
+    dims = list(range(1, win_pred.dim()))
 
-    return step
+    def mse(pred, target):
+        return (pred.float() - target.float()).pow(2).mean(dim=dims)
+
+    model_diff = mse(win_pred, win_target) - mse(lose_pred, lose_target)
+    with torch.no_grad():
+        ref_diff = mse(win_ref, win_target) - mse(lose_ref, lose_target)
+    return -F.logsigmoid(-0.5 * beta_prime * (model_diff - ref_diff)).mean()
 
 
-def run(device: torch.device, quick: bool = False) -> list[dict]:
-    sizes = (GPU_SIZES if device.type == "cuda" else CPU_SIZES)["quick" if quick else "full"]
-    dtypes = [torch.bfloat16, torch.float32] if device.type == "cuda" else [torch.float32]
-    backends = [b for b in ("cuda", "triton", "cpu", "torch") if _backend.why_unavailable(b, device) is None]
-    if device.type == "cpu":
-        backends = [b for b in backends if b != "triton"]  # the interpreter is not a CPU backend
-    roof = copy_bandwidth_gbs(device, 1 << 30 if device.type == "cuda" else 1 << 26)
-    repeat = 20 if device.type == "cuda" else 5
-    rows = []
-    for pairs, frames, channels, height, width in sizes:
-        shape = (2 * pairs, frames, channels, height, width)
-        for dtype in dtypes:
-            model_pred = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
-            ref_pred = torch.randn(shape, device=device, dtype=dtype)
-            target = torch.randn(shape, device=device, dtype=dtype)
-            # forward reads 3 tensors, backward reads 2 and writes 1
-            bytes_moved = 6 * model_pred.numel() * model_pred.element_size()
+compiled_dpo_loss = torch.compile(eager_dpo_loss, dynamic=True)
 
-            impls = {"eager": lambda: eager_dpo_loss(model_pred, ref_pred, target)}
-            if device.type == "cuda":
-                compiled = torch.compile(eager_dpo_loss)
-                impls["torch.compile"] = lambda: compiled(model_pred, ref_pred, target)
-            for backend in backends:
-                impls[f"vgpa[{backend}]"] = (
-                    lambda b=backend: vgpa.diffusion_dpo_loss(model_pred, ref_pred, target, beta=BETA, backend=b).loss
-                )
 
-            reference_loss = eager_dpo_loss(model_pred, ref_pred, target).item()
-            eager_ms = None
-            for name, fn in impls.items():
-                loss = fn().item()
-                if abs(loss - reference_loss) > 1e-3 * max(1.0, abs(reference_loss)):
-                    raise RuntimeError(f"{name} disagrees with the eager loss: {loss} vs {reference_loss}")
-                step = _fwd_bwd(fn, model_pred)
-                ms = time_ms(step, device, warmup=3, repeat=repeat)
-                eager_ms = ms if name == "eager" else eager_ms
-                gbs = bytes_moved / (ms * 1e-3) / 1e9
-                rows.append({
-                    "shape": "x".join(map(str, shape)), "dtype": str(dtype).replace("torch.", ""), "impl": name,
-                    "ms": ms, "speedup": eager_ms / ms, "peak_mib": peak_memory_mib(step, device),
-                    "GB/s": gbs, "of_copy": gbs / roof,
-                })
-    return rows
+def sizes(device, quick):
+    """(pairs, frames, channels, height, width, dtype); x = elements of one (2B, ...) tensor. On a
+    GPU in bfloat16 (as training runs) with float32 at one size."""
+    if device.type == "cuda":
+        dims = [(2, 13, 16, 60, 90, "bfloat16")] if quick else [
+            (1, 13, 16, 30, 45, "bfloat16"), (2, 13, 16, 60, 90, "bfloat16"), (2, 13, 16, 60, 90, "float32"),
+            (8, 13, 16, 60, 90, "bfloat16"), (2, 13, 16, 240, 360, "bfloat16"), (8, 13, 16, 240, 360, "bfloat16")]
+    else:
+        dims = [(1, 4, 16, 30, 45, "float32")] if quick else [
+            (1, 13, 16, 15, 23, "float32"), (1, 13, 16, 30, 45, "float32"), (1, 13, 16, 60, 90, "float32"),
+            (2, 13, 16, 60, 90, "float32"), (8, 13, 16, 60, 90, "float32")]
+    return [Size(d, x=2 * d[0] * d[1] * d[2] * d[3] * d[4]) for d in dims]
+
+
+def make_inputs(dims, device):
+    pairs, frames, channels, height, width, dtype = dims
+    shape = (2 * pairs, frames, channels, height, width)
+    g = torch.Generator().manual_seed(0)
+    model_pred, ref_pred, target = (torch.randn(shape, generator=g).to(device, getattr(torch, dtype)) for _ in range(3))
+    return model_pred.requires_grad_(), ref_pred, target
+
+
+def reference(inputs):
+    model_pred, ref_pred, target = inputs
+    return vgpa.diffusion_dpo_loss(model_pred, ref_pred, target, beta=BETA, backend="torch").loss
+
+
+def agree(got, expected):
+    assert_close(got, expected, rtol=1e-3, atol=1e-3, what="DPO loss")
+
+
+def vgpa_impl(backend):
+    return Impl(f"vgpa[{backend}]", peer=False, backend=backend, what="the library itself",
+                make=lambda x, b=backend: lambda: vgpa.diffusion_dpo_loss(*x, beta=BETA, backend=b).loss)
+
+
+def videogpa_call(inputs):
+    model_pred, ref_pred, target = inputs
+    half = model_pred.shape[0] // 2
+    args = (model_pred[:half], model_pred[half:], ref_pred[:half], ref_pred[half:], target[:half], target[half:])
+    return lambda: videogpa_call_dpo_loss(*args)
+
+
+ENTRY = Entry(
+    op="diffusion_dpo_loss",
+    x_label="latent elements per tensor",
+    sizes=sizes,
+    make_inputs=make_inputs,
+    reference=reference,
+    agree=agree,
+    modes=("fwd+bwd",),
+    grad_input=lambda inputs: inputs[0],
+    loss_of=lambda loss: loss,
+    # forward reads 3 tensors, backward reads 2 and writes 1
+    bytes_moved=lambda size, inputs, mode: 6 * inputs[0].numel() * inputs[0].element_size(),
+    copy_roof=True,
+    baseline="eager (diffusers)",
+    impls=[
+        Impl("eager (diffusers)", what="our statement of the diffusers Diffusion-DPO formula",
+             make=lambda x: lambda: eager_dpo_loss(*x)),
+        Impl("eager (VideoGPA call)", what="our statement of VideoGPA's loss call (six tensors)", make=videogpa_call),
+        Impl("torch.compile (diffusers)", what="torch.compile of the diffusers formula", compiled=True,
+             make=lambda x: lambda: compiled_dpo_loss(*x)),
+        *[vgpa_impl(b) for b in ("cuda", "triton", "cpu", "torch")],
+    ],
+)
+
+
+def test_diffusion_dpo_loss(bench, case):
+    bench(ENTRY, case)

@@ -1,15 +1,13 @@
-"""Depth-warp reprojection error of every consecutive frame pair (the MVCS configuration:
-squared depth error, "zeros" validity), forward: vgpa's backends against
+"""Depth-warp reprojection error of every consecutive frame pair (the MVCS configuration: squared
+depth error, "zeros" validity), forward. Peers:
 
-- "loop": a per-pair Python loop in the style of VideoGPA's MVCS evaluation. This is our own
-  statement of that formula (DESIGN 3.1), not VideoGPA's code: for each video and each pair
-  (t, t+1) unproject frame t, move it into camera t+1, project, grid_sample depth t+1
-  (align_corners=True, zero padding), and average (z' - d)^2 over z' > 0 and in-image pixels;
-- "kornia": kornia.geometry.depth.warp_frame_depth on all pairs stacked as one batch,
-  followed by the same error (the transformed depth z' from depth_to_3d_v2 + transform_points);
-- "torch.compile": torch.compile of vgpa's reference (GPU only).
-
-Every implementation's per-pair errors are checked against the loop before it is timed.
+- "VideoGPA MVCS loop": our statement of VideoGPA's MVCS formula (DESIGN 3.1) as its evaluation
+  runs it, one pair at a time with the pair's error read back to the host (``.item()``) before
+  the next pair: unproject frame t, move it into camera t+1, project, grid_sample depth t+1
+  (align_corners=True, zero padding) and average (z' - d)^2 over z' > 0 and in-image pixels;
+- "kornia": kornia.geometry.depth.warp_frame_depth on all pairs stacked as one batch, then the
+  same error (the transformed depth z' from depth_to_3d_v2 + transform_points);
+- "torch.compile (reference)": torch.compile of vgpa's pure-PyTorch reference (dynamic shapes).
 """
 
 from __future__ import annotations
@@ -18,29 +16,19 @@ import torch
 import torch.nn.functional as F
 
 import vgpa
-from vgpa.reference import reprojection_error as reference
+from vgpa.reference import reprojection_error as reference_module
 
-from .common import orbiting_cameras, peak_memory_mib, plan, time_ms
-
-# (videos, frames, height, width)
-CPU_SIZES = {"quick": [(1, 4, 64, 64)], "full": [(1, 10, 259, 259), (1, 12, 240, 360)]}
-GPU_SIZES = {"quick": [(1, 10, 518, 518)], "full": [(1, 10, 518, 518), (1, 49, 480, 720), (4, 49, 480, 720)]}
-
-
-def make_inputs(videos, frames, height, width, device):
-    g = torch.Generator().manual_seed(0)
-    depth = 2 + torch.rand(videos, frames, height, width, generator=g)
-    intrinsics, extrinsics = orbiting_cameras(videos, frames, height, width)  # every size has W >= H
-    return depth.to(device), intrinsics.to(device), extrinsics.to(device)
+from .harness import Entry, Impl, Size, assert_close
+from .scenes import orbiting_cameras
 
 
 def per_pair_loop(depth, intrinsics, extrinsics):
-    """(B, T-1) mean squared depth error, one pair at a time (see the module docstring)."""
+    """(B, T-1) mean squared depth error, one pair at a time, each read back to the host."""
     videos, frames, height, width = depth.shape
     v, u = torch.meshgrid(torch.arange(height, device=depth.device, dtype=depth.dtype),
                           torch.arange(width, device=depth.device, dtype=depth.dtype), indexing="ij")
     pixels = torch.stack([u, v, torch.ones_like(u)], -1).reshape(-1, 3)
-    out = torch.zeros(videos, frames - 1, device=depth.device)
+    scores = []
     for b in range(videos):
         for t in range(frames - 1):
             k_i, k_j = intrinsics[b, t], intrinsics[b, t + 1]
@@ -54,8 +42,8 @@ def per_pair_loop(depth, intrinsics, extrinsics):
             sampled = F.grid_sample(depth[b, t + 1][None, None], grid, align_corners=True,
                                     padding_mode="zeros")[0, 0].reshape(-1)
             mask = (z > 0) & (pu >= 0) & (pu < width) & (pv >= 0) & (pv < height)
-            out[b, t] = ((z - sampled) ** 2)[mask].mean()
-    return out
+            scores.append(((z - sampled) ** 2)[mask].mean().item())
+    return torch.tensor(scores).view(videos, frames - 1)
 
 
 def kornia_pairs(depth, intrinsics, extrinsics):
@@ -79,33 +67,62 @@ def kornia_pairs(depth, intrinsics, extrinsics):
     return err.view(videos, frames - 1)
 
 
-def run(device: torch.device, quick: bool = False) -> list[dict]:
-    sizes, backends, repeat = plan(device, quick, CPU_SIZES, GPU_SIZES, backends=("cuda", "triton", "cpu"))
-    rows = []
-    for videos, frames, height, width in sizes:
-        depth, intrinsics, extrinsics = make_inputs(videos, frames, height, width, device)
-        pairs = vgpa.adjacent_pairs(frames).to(device)
+def reference_error(depth, intrinsics, extrinsics, pairs):
+    return reference_module.reprojection_error(depth, intrinsics, extrinsics, pairs, None, "sq", "zeros")[0]
 
-        impls = {"loop": lambda: per_pair_loop(depth, intrinsics, extrinsics),
-                 "kornia": lambda: kornia_pairs(depth, intrinsics, extrinsics)}
-        if device.type == "cuda":
-            compiled = torch.compile(reference.reprojection_error)
-            impls["torch.compile"] = lambda: compiled(depth, intrinsics, extrinsics, pairs, None, "sq", "zeros")[0]
-        for backend in backends:
-            impls[f"vgpa[{backend}]"] = (lambda b=backend: vgpa.reprojection_error(
-                depth, intrinsics, extrinsics, pairs, error="sq", validity="zeros", backend=b).error)
 
-        expected = per_pair_loop(depth, intrinsics, extrinsics)
-        loop_ms = None
-        for name, fn in impls.items():
-            got = fn()
-            if not torch.allclose(got.float(), expected, rtol=1e-3, atol=1e-5):
-                raise RuntimeError(f"{name} disagrees with the per-pair loop: {(got - expected).abs().max()}")
-            ms = time_ms(fn, device, warmup=2 if device.type == "cuda" else 1, repeat=repeat)
-            loop_ms = ms if name == "loop" else loop_ms
-            rows.append({
-                "shape": f"{videos}x{frames}x{height}x{width}", "pairs": videos * (frames - 1), "impl": name,
-                "ms": ms, "speedup_vs_loop": loop_ms / ms, "peak_mib": peak_memory_mib(fn, device),
-                "Mpix/s": videos * (frames - 1) * height * width / (ms * 1e-3) / 1e6,
-            })
-    return rows
+compiled_reference = torch.compile(reference_error, dynamic=True)
+
+
+def sizes(device, quick):
+    """(videos, frames, height, width), W >= H; x = pixels warped (pairs x H x W)."""
+    if device.type == "cuda":
+        dims = [(1, 10, 518, 518)] if quick else [
+            (1, 10, 128, 128), (1, 10, 259, 259), (1, 10, 518, 518), (1, 49, 480, 720), (4, 49, 480, 720)]
+    else:
+        dims = [(1, 4, 64, 64)] if quick else [
+            (1, 10, 64, 64), (1, 10, 128, 128), (1, 10, 259, 259), (1, 12, 240, 360), (1, 10, 518, 518)]
+    return [Size(d, x=d[0] * (d[1] - 1) * d[2] * d[3], graph=d[2] * d[3] <= 259 * 259) for d in dims]
+
+
+def make_inputs(dims, device):
+    videos, frames, height, width = dims
+    g = torch.Generator().manual_seed(0)
+    depth = 2 + torch.rand(videos, frames, height, width, generator=g)
+    intrinsics, extrinsics = orbiting_cameras(videos, frames, height, width)
+    pairs = vgpa.adjacent_pairs(frames)
+    return depth.to(device), intrinsics.to(device), extrinsics.to(device), pairs.to(device)
+
+
+def agree(got, expected):
+    assert_close(got, expected, rtol=1e-3, atol=1e-5, what="reprojection error")
+
+
+def vgpa_impl(backend):
+    return Impl(f"vgpa[{backend}]", peer=False, backend=backend, capturable=True, what="the library itself",
+                make=lambda x, b=backend: lambda: vgpa.reprojection_error(
+                    *x, error="sq", validity="zeros", backend=b).error)
+
+
+ENTRY = Entry(
+    op="reprojection_error",
+    x_label="pixels warped (pairs x H x W)",
+    sizes=sizes,
+    make_inputs=make_inputs,
+    reference=lambda x: reference_error(*x),
+    agree=agree,
+    baseline="VideoGPA MVCS loop",
+    impls=[
+        Impl("VideoGPA MVCS loop", what="our statement of VideoGPA's MVCS formula (per-pair loop, host sync per pair)",
+             make=lambda x: lambda: per_pair_loop(*x[:3])),
+        Impl("kornia", what="kornia warp_frame_depth on all pairs + the error",
+             make=lambda x: lambda: kornia_pairs(*x[:3])),
+        Impl("torch.compile (reference)", what="torch.compile of vgpa's reference", compiled=True, capturable=True,
+             make=lambda x: lambda: compiled_reference(*x)),
+        *[vgpa_impl(b) for b in ("cuda", "triton", "cpu")],
+    ],
+)
+
+
+def test_reprojection_error(bench, case):
+    bench(ENTRY, case)

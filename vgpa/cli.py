@@ -44,7 +44,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vgpa", description="vgpa: fused kernels for VideoGPA-style alignment")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, available backends and compiled CUDA architectures")
-    sub.add_parser("bench", help="side-by-side throughput against peers (see `vgpa bench --help`)", add_help=False)
+    sub.add_parser("bench", add_help=False,
+                   help="the bench: every op against the peers users run today, under pytest-benchmark; tables, "
+                        "CSV/JSON and plots in bench/results/<device>/ (see `vgpa bench --help`)")
     sub.add_parser("score", help="score videos for geometric consistency into meta_data.json "
                                  "(see `vgpa score --help`)", add_help=False)
     args, rest = parser.parse_known_args(argv)

@@ -1,0 +1,67 @@
+"""pytest set-up of the bench (collected by `pytest bench/` and by `vgpa bench`): the options,
+the ``case`` parameters of each entry module (its ENTRY) and the ``bench`` fixture that runs one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from .harness import cases, run_case
+
+QUICK_ROUNDS = 3
+QUICK_MAX_TIME_S = 0.1
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("vgpa bench")
+    group.addoption("--quick", action="store_true", default=os.environ.get("VGPA_BENCH_QUICK") == "1",
+                    help="small sizes only, no torch.compile peers on the CPU, at most 3 rounds and 0.1 s of timing "
+                         "per case (CI smoke run; or VGPA_BENCH_QUICK=1)")
+    group.addoption("--bench-device", default="auto", help="cuda, cpu or auto (cuda when available)")
+    group.addoption("--bench-threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+
+
+def pytest_configure(config):
+    threads = config.getoption("bench_threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def bench_device(config) -> torch.device:
+    choice = config.getoption("bench_device")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice not in ("cuda", "cpu"):
+        raise pytest.UsageError(f"--bench-device must be cuda, cpu or auto, got {choice!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--bench-device cuda: torch sees no GPU here")
+    return torch.device(choice)
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        entry = metafunc.module.ENTRY
+        params = cases(entry, bench_device(metafunc.config), metafunc.config.getoption("quick"))
+        metafunc.parametrize("case", params, ids=[c.id for c in params])
+
+
+@pytest.fixture
+def bench(benchmark, request):
+    """bench(entry, case): check the case's implementation against the reference, measure its peak
+    memory and time it (pytest-benchmark's --benchmark-min-rounds and --benchmark-max-time apply)."""
+    config = request.config
+    device = bench_device(config)
+    min_rounds = int(config.getoption("benchmark_min_rounds"))
+    max_time = float(config.getoption("benchmark_max_time"))
+    if config.getoption("quick"):
+        min_rounds, max_time = min(min_rounds, QUICK_ROUNDS), min(max_time, QUICK_MAX_TIME_S)
+
+    def run(entry, case):
+        run_case(benchmark, entry, case, device, min_rounds, max_time)
+
+    return run
