@@ -2,9 +2,12 @@
 
 ``vgpa._C``: the C++ CPU kernels (OpenMP), always; the CUDA kernels whenever nvcc is found,
 unless ``VGPA_BUILD_CUDA=0``; ``VGPA_BUILD_CUDA=1`` makes a missing nvcc an error.
-``VGPA_CUDA_ARCHS`` ("80;90", "90a", "8.0 9.0", ...) picks the GPU architectures; PTX is
-embedded for the newest one so newer GPUs can JIT it. ``VGPA_BUILD_JOBS`` caps the number of
-parallel compiler processes (default: all cores).
+``VGPA_CUDA_ARCHS`` ("80;90", "90a", "8.0 9.0", "ampere;hopper", "default", "all") picks the
+GPU architectures (vgpa/_build_config.py: resolve_cuda_archs); PTX is embedded for the newest
+one so newer GPUs can JIT it. ``VGPA_BUILD_JOBS`` caps the number of parallel compiler processes
+(default: all cores), ``VGPA_NVCC_THREADS`` the threads of one nvcc. ``VGPA_BUILD_CACHE`` is the
+compile cache (default ~/.cache/vgpa/build; ``off`` disables it; ccache or sccache on PATH
+replaces it). A wheel built from the source tree is versioned <version>+cu<XY> or +cpu.
 
 ``vgpa._C_cuda_emu`` (``VGPA_BUILD_CUDA_EMULATION=1``; a test instrument): the same CUDA
 kernel sources compiled by the host C++ compiler against csrc/emulation, vgpa's emulation of the
@@ -21,12 +24,14 @@ All compiler flags come from vgpa/_build_config.py, which the GPU-proof checks r
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -83,25 +88,67 @@ def _jobs():
 
 
 class BuildExtWithCuda(build_ext):
-    """Compiles csrc/*.cu with nvcc (in parallel) and links the objects into vgpa._C."""
+    """Compiles csrc/*.cu with nvcc (in parallel, each with nvcc --threads) and links the objects
+    into vgpa._C; every compile, nvcc and host C++, goes through the compile cache."""
+
+    def build_extensions(self):
+        # Always compile (the cache makes an unchanged file cheap): setuptools' up-to-date test
+        # looks at file times only, and would keep a module built for other archs or flags.
+        self.force = True
+        launcher = config.cache_launcher()
+        if launcher:
+            print(f"vgpa: compile cache {launcher}", flush=True)
+            for attr in ("compiler_so", "compiler_so_cxx"):
+                if getattr(self.compiler, attr, None):
+                    setattr(self.compiler, attr, [launcher] + list(getattr(self.compiler, attr)))
+        elif config.cache_dir():
+            print(f"vgpa: compile cache {config.cache_dir()} (VGPA_BUILD_CACHE)", flush=True)
+            self._cache_host_compiles()
+        super().build_extensions()
+
+    def _cache_host_compiles(self):
+        compiler = self.compiler
+        compile_one = compiler._compile
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            cxx = getattr(compiler, "compiler_so_cxx", None) and compiler.detect_language(src) == "c++"
+            compiler_so = list(compiler.compiler_so_cxx if cxx else compiler.compiler_so)
+            command = compiler_so + cc_args + [src, "-o", obj] + extra_postargs
+            dep_command = compiler_so + [a for a in cc_args if a != "-c"] + [src] + extra_postargs + ["-M"]
+            os.makedirs(os.path.dirname(obj), exist_ok=True)
+            try:
+                config.cached_compile(command, obj, dep_command, config.cache_dir())
+            except subprocess.CalledProcessError:
+                compile_one(obj, src, ext, cc_args, extra_postargs, pp_opts)  # the compiler's own error report
+
+        compiler._compile = _compile
 
     def build_extension(self, ext):
         cuda_sources = getattr(ext, "cuda_sources", [])
         if cuda_sources:
             cuda_home = ext.cuda_home
             nvcc = os.path.join(cuda_home, "bin", "nvcc")
+            launcher = config.cache_launcher()
             obj_dir = os.path.join(self.build_temp, "cuda")
             os.makedirs(obj_dir, exist_ok=True)
+            workers = max(1, min(len(cuda_sources), _jobs()))
+            # nvcc --threads compiles the architectures of one file in parallel: the cores the
+            # per-file workers leave.
+            threads = os.environ.get("VGPA_NVCC_THREADS") or str(max(1, _jobs() // workers))
 
             def compile_one(src):
                 obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
-                cmd = ([nvcc, "-c", "--threads", "2", f"-I{os.path.join(ROOT, 'csrc')}"] + config.nvcc_flags_for(src)
-                       + config.gencode_flags(ext.cuda_archs) + [src, "-o", obj])
+                flags = ([f"-I{os.path.join(ROOT, 'csrc')}"] + config.nvcc_flags_for(src)
+                         + config.arch_report_defines(ext.cuda_archs) + config.gencode_flags(ext.cuda_archs))
+                cmd = [nvcc, "-c", "--threads", threads] + flags + [src, "-o", obj]
                 print(" ".join(cmd), flush=True)
-                subprocess.check_call(cmd)
+                if launcher:
+                    subprocess.check_call([launcher] + cmd)
+                else:
+                    config.cached_compile(cmd, obj, [nvcc, "-M"] + flags + [src], config.cache_dir())
                 return obj
 
-            with ThreadPoolExecutor(max(1, min(len(cuda_sources), _jobs()))) as pool:
+            with ThreadPoolExecutor(workers) as pool:
                 objects = list(pool.map(compile_one, cuda_sources))
             ext.extra_objects = list(ext.extra_objects or []) + objects + [_cudart_static(cuda_home)]
         super().build_extension(ext)
@@ -114,6 +161,50 @@ def _sanitizer_flags():
     if value != "address":
         raise SystemExit(f"VGPA_SANITIZE={value!r}: expected 'address' or nothing")
     return ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+
+
+def _cuda_archs(nvcc):
+    """VGPA_CUDA_ARCHS resolved against what this nvcc can build: an arch it cannot build is an
+    error here, before anything compiles; "default"/"all" drop those and say so."""
+    text = os.environ.get("VGPA_CUDA_ARCHS", "").strip() or "default"
+    supported = config.nvcc_archs(nvcc)
+    try:
+        archs, dropped = config.resolve_cuda_archs(text, supported)
+    except config.ArchError as exc:
+        raise SystemExit(str(exc)) from None
+    if dropped:
+        print(f"vgpa: VGPA_CUDA_ARCHS={text!r}: dropped {';'.join(dropped)}, which {nvcc} cannot build "
+              f"(it builds {';'.join(supported)})", flush=True)
+    return archs
+
+
+def _cuda_version():
+    """(major, minor) of the CUDA toolkit the wheel would bundle, None for a CPU-only build."""
+    ext = extensions[0]
+    return config.nvcc_cuda_version(os.path.join(ext.cuda_home, "bin", "nvcc")) if ext.cuda_sources else None
+
+
+def _version():
+    """The project version of vgpa/__init__.py; a wheel built from the source tree gets the CUDA
+    runtime as local label (0.1.0+cu130, 0.1.0+cpu). An sdist, and a build from an sdist
+    (PKG-INFO present), keep the plain version: pip requires an sdist's metadata to match its
+    file name."""
+    with open(os.path.join(ROOT, "vgpa", "__init__.py")) as f:
+        version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+    if "sdist" in sys.argv[1:] or os.path.exists(os.path.join(ROOT, "PKG-INFO")):
+        return version
+    return f"{version}+{config.local_version_label(_cuda_version())}"
+
+
+def _packages():
+    """vgpa and every subpackage, vgpa.kernels (kernels/) and vgpa.bench (bench/) with theirs: found,
+    never listed, so a new module or subpackage is in the wheel without a change here."""
+    mapped = {path.replace("/", "."): folder for path, folder in config.PACKAGE_DIRS.items()}
+    own = [p for p in find_packages(ROOT, include=["vgpa", "vgpa.*"])
+           if not any(p == m or p.startswith(m + ".") for m in mapped)]
+    for package, folder in mapped.items():
+        own += [package] + [f"{package}.{sub}" for sub in find_packages(os.path.join(ROOT, folder))]
+    return own, mapped
 
 
 def make_extension():
@@ -130,12 +221,10 @@ def make_extension():
         raise SystemExit("VGPA_BUILD_CUDA=1 but nvcc was not found: set CUDA_HOME or put nvcc on PATH")
     with_cuda = cuda_home is not None and bool(cuda_sources)
 
-    archs = config.parse_cuda_archs(os.environ.get("VGPA_CUDA_ARCHS", config.DEFAULT_CUDA_ARCHS)) if with_cuda else []
-    macros = [("VGPA_CUDA_ARCHS", '"' + ";".join(archs) + '"')]
-    if with_cuda:
-        macros.append(("VGPA_WITH_CUDA", "1"))
-    print(f"vgpa: building vgpa._C with CUDA={'yes, archs ' + ';'.join(archs) if with_cuda else 'no'}",
-          flush=True)
+    archs = _cuda_archs(os.path.join(cuda_home, "bin", "nvcc")) if with_cuda else []
+    macros = [("VGPA_WITH_CUDA", "1")] if with_cuda else []
+    print(f"vgpa: building vgpa._C with CUDA={'yes, SASS ' + ';'.join(archs) if with_cuda else 'no'}"
+          + (f", PTX {config.ptx_arch(archs)}" if with_cuda else ""), flush=True)
 
     ext = Pybind11Extension(
         "vgpa._C",
@@ -192,4 +281,6 @@ extensions = [make_extension()]
 if _env_flag("VGPA_BUILD_CUDA_EMULATION"):
     print("vgpa: building vgpa._C_cuda_emu (the CUDA kernels on the host emulation)", flush=True)
     extensions.append(make_emulation_extension(os.path.join(ROOT, "build")))
-setup(ext_modules=extensions, cmdclass={"build_ext": BuildExtWithCuda})
+packages, package_dir = _packages()
+setup(version=_version(), packages=packages, package_dir=package_dir, ext_modules=extensions,
+      cmdclass={"build_ext": BuildExtWithCuda})

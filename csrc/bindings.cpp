@@ -12,10 +12,13 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   });
-  m.def("cuda_archs", [] { return std::string(VGPA_CUDA_ARCHS); }, "CUDA architectures compiled in");
 #ifdef VGPA_WITH_CUDA
+  m.def("cuda_archs", &vgpa::cuda_sass_archs, "CUDA architectures compiled in as SASS, e.g. \"80;90\"");
+  m.def("cuda_ptx_arch", &vgpa::cuda_ptx_arch, "CUDA architecture compiled in as PTX, e.g. \"90\"");
   m.def("cuda_runtime_version", &vgpa::cuda_runtime_version, "CUDA runtime version linked in");
   m.def("cuda_driver_status", &vgpa::cuda_driver_status, "driver version and devices, or the CUDA error");
+#else
+  m.def("cuda_archs", [] { return std::string(); }, "CUDA architectures compiled in as SASS: none");
 #endif
 
   vgpa::bind_diffusion_dpo_loss(m);

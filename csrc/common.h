@@ -171,6 +171,8 @@ void dispatch_dtype(int dtype, F&& f) {
 
 #ifdef VGPA_WITH_CUDA
 int cuda_runtime_version();       // CUDART_VERSION compiled in
+std::string cuda_sass_archs();     // "80;90": the SASS compiled in
+std::string cuda_ptx_arch();       // "90": the PTX compiled in
 std::string cuda_driver_status();  // driver version and device count, or why CUDA is unusable
 #endif
 

@@ -1,6 +1,6 @@
 """The CUDA kernels' compiled code, proven without a GPU (DESIGN 5).
 
-Every kernel source csrc/*.cu is compiled by nvcc for every architecture of the default build,
+Every kernel source csrc/*.cu is compiled by nvcc for the table's architectures (RESOURCE_TABLE_CUDA_ARCHS),
 with exactly the flags the wheel is built with (vgpa/_build_config.py). One device-only nvcc run
 per source (``-fatbin -Xptxas -v --keep``, one ptxas per architecture) gives both ptxas' resource
 report and the PTX it assembled (the same text ``nvcc -ptx`` writes). From these:
@@ -62,8 +62,8 @@ BUILD = _load_build_config()
 
 
 def table_archs() -> list[str]:
-    """The architectures of the default build ("80", "90"): the table covers these."""
-    return BUILD.parse_cuda_archs(BUILD.DEFAULT_CUDA_ARCHS)
+    """The architectures the committed table covers ("80", "90", as the Triton table)."""
+    return BUILD.parse_cuda_archs(BUILD.RESOURCE_TABLE_CUDA_ARCHS)
 
 
 def cuda_sources() -> list[Path]:
