@@ -16,7 +16,7 @@ import torch
 from . import report
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-OPS = ("diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points")  # bench_<op>.py
+OPS = ("diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar")  # bench_<op>.py
 
 
 def parse_args(argv=None):

@@ -146,7 +146,7 @@ def test_undefined_scores_are_nan_not_numbers():
 def test_bad_arguments_name_the_problem():
     videos = _mixed_videos()[:2]
     with pytest.raises(ValueError, match="unknown metric"):
-        scoring.score_videos(videos, metrics="3dcs,epipolar")
+        scoring.score_videos(videos, metrics="3dcs,epipolar_8point")
     with pytest.raises(ValueError, match="'lpips' is part of 3DCS"):
         scoring.score_videos(videos, metrics="mvcs,lpips")
     with pytest.raises(ValueError, match="batch_size"):
@@ -172,9 +172,11 @@ def test_bad_arguments_name_the_problem():
 
 
 def test_every_metric_states_its_direction():
-    assert set(scoring.METRICS) == {"3dcs", "mvcs", "normal_stability", "reprojection", "motion"}
+    assert set(scoring.METRICS) == {"3dcs", "mvcs", "normal_stability", "reprojection", "motion", "epipolar",
+                                    "epipolar_robust"}
     directions = {name: metric.lower_is_better for name, metric in scoring.METRICS.items()}
-    assert directions == {"3dcs": True, "mvcs": False, "normal_stability": True, "reprojection": True, "motion": None}
+    assert directions == {"3dcs": True, "mvcs": False, "normal_stability": True, "reprojection": True, "motion": None,
+                          "epipolar": True, "epipolar_robust": True}
 
 
 def test_rigid_scenes_score_better_than_wobbly_ones(demo):
@@ -190,3 +192,29 @@ def test_rigid_scenes_score_better_than_wobbly_ones(demo):
         assert max(s[key] for s in rigid) < min(s[key] for s in wobbly), (key, seed)
     assert min(s["mvcs"] for s in rigid) > max(s["mvcs"] for s in wobbly), seed
     assert all(s["motion_norm"] > 0.001 for s in scores)
+
+
+def test_epipolar_metrics_are_the_epipolar_scores_of_the_frames():
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+    size, steps = 96, 3
+    videos = []
+    for _ in range(2):  # one stack of two videos: a blurred random texture sliding 3 px a frame
+        texture = cv2.GaussianBlur(rng.random((size, size + 3 * steps)).astype(np.float32), (0, 0), 1.5)
+        texture = (texture - texture.min()) / (texture.max() - texture.min())
+        frames = np.stack([np.repeat(texture[None, :, 3 * t: 3 * t + size], 3, 0) for t in range(steps)])
+        video = _video(torch.Generator().manual_seed(0), steps, size)
+        video["frames"] = torch.from_numpy((frames * 255).round().astype(np.uint8))
+        videos.append(video)
+    scores = scoring.score_videos(videos, metrics=("3dcs", "motion", "epipolar", "epipolar_robust"), device="cpu")
+    stacked = torch.stack([video["frames"] for video in videos]).float() / 255
+    parity = metrics.epipolar_score(stacked, method="8point", value_range=(0.0, 1.0))
+    robust = metrics.epipolar_score(stacked, method="ransac", value_range=(0.0, 1.0))
+    assert bool(parity.valid.all()) and bool(robust.valid.all())
+    for b, got in enumerate(scores):
+        assert got["epipolar"] == parity.score[b].item()
+        assert got["epipolar_robust"] == robust.score[b].item()
+        assert got["epipolar_inlier_ratio"] == robust.inlier_ratio[b].item() > 0.5
+    assert "epipolar" not in scoring.DEFAULT_METRICS  # asked for by name: it needs OpenCV

@@ -113,6 +113,18 @@ def _motion(batch: VideoBatch, options: ScoringOptions) -> dict:
     return {MOTION_KEY: _metrics.motion_score(batch.extrinsics)}
 
 
+def _epipolar(batch: VideoBatch, options: ScoringOptions) -> dict:
+    # SIFT runs on the host per frame; the fit and the Sampson distances of the whole stack are
+    # one batched call each. The frames here are [0, 1] floats, which VideoGPA maps to uint8 as x 255.
+    result = _metrics.epipolar_score(batch.frames, method="8point", value_range=(0.0, 1.0), backend=options.backend)
+    return {"epipolar": result.score}
+
+
+def _epipolar_robust(batch: VideoBatch, options: ScoringOptions) -> dict:
+    result = _metrics.epipolar_score(batch.frames, method="ransac", value_range=(0.0, 1.0), backend=options.backend)
+    return {"epipolar_robust": result.score, "epipolar_inlier_ratio": result.inlier_ratio}
+
+
 METRICS = {metric.name: metric for metric in (
     Metric("3dcs", (SCORE_KEY, "3dcs", "3dcs_lpips"), True, True, _three_dcs,
            "VideoGPA's 3DCS: re-render MSE of the fused point cloud (+ lpips_weight x LPIPS when LPIPS is on); "
@@ -125,8 +137,15 @@ METRICS = {metric.name: metric for metric in (
            "mean |z' - d| / d depth-warp error of frame pairs"),
     Metric("motion", (MOTION_KEY,), None, False, _motion,
            "camera motion (the static-video filter: pairs drop videos below 0.001)"),
+    Metric("epipolar", ("epipolar",), True, True, _epipolar,
+           "VideoGPA's epipolar score: SIFT matches of consecutive frames, 8-point F on all matches, mean "
+           "Sampson distance in pixels (NaN where VideoGPA gives -1); needs OpenCV"),
+    Metric("epipolar_robust", ("epipolar_robust", "epipolar_inlier_ratio"), True, True, _epipolar_robust,
+           "RANSAC F on the same matches: mean over pairs of the median Sampson distance, and the inlier ratio "
+           "(higher is better); needs OpenCV"),
 )}
-DEFAULT_METRICS = tuple(METRICS)
+# The epipolar metrics are asked for by name: they need OpenCV (the video extra) and run SIFT on the host.
+DEFAULT_METRICS = ("3dcs", "mvcs", "normal_stability", "reprojection", "motion")
 LPIPS = "lpips"  # also accepted in ``metrics``: adds LPIPS(VGG) from the lpips package to 3DCS
 VGG16_CHECKPOINT = "vgg16-397923af.pth"  # torchvision's file, which lpips.LPIPS(net="vgg") loads
 
