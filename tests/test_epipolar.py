@@ -13,6 +13,7 @@ from vgpa.ops import epipolar as ops
 from vgpa.reference import epipolar as reference
 
 from conftest import KERNEL_BACKENDS
+from geometry_inputs import rotation
 
 ALL_BACKENDS = [pytest.param("torch", id="torch")] + KERNEL_BACKENDS
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
@@ -26,17 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def dev(request, backend):
     """The device of ``backend``: the conftest fixture for the kernel backends, the CPU for torch."""
     return torch.device("cpu") if backend == "torch" else request.getfixturevalue("device")
-
-
-def _rotation(angles):
-    """Rotation matrices from (..., 3) Euler angles."""
-    cx, cy, cz = angles.cos().unbind(-1)
-    sx, sy, sz = angles.sin().unbind(-1)
-    one, zero = torch.ones_like(cx), torch.zeros_like(cx)
-    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], -1).unflatten(-1, (3, 3))
-    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).unflatten(-1, (3, 3))
-    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).unflatten(-1, (3, 3))
-    return rz @ ry @ rx
 
 
 def _skew(t):
@@ -58,7 +48,7 @@ def two_view_scene(counts, seed=0, noise=0.0, size=512):
     k[..., 0, 2] = size / 2 + 10 * torch.randn(pairs, 2, generator=g, dtype=torch.float64)
     k[..., 1, 2] = size / 2 + 10 * torch.randn(pairs, 2, generator=g, dtype=torch.float64)
     k[..., 2, 2] = 1
-    rot = _rotation(0.15 * torch.randn(pairs, 3, generator=g, dtype=torch.float64))
+    rot = rotation(0.15 * torch.randn(pairs, 3, generator=g, dtype=torch.float64))
     t = torch.randn(pairs, 3, generator=g, dtype=torch.float64)
     t = 0.5 * t / t.norm(dim=-1, keepdim=True)
     F = torch.linalg.inv(k[:, 1]).mT @ _skew(t) @ rot @ torch.linalg.inv(k[:, 0])

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from .video import import_cv2
 
 OP = "match_features"
 
@@ -42,16 +43,6 @@ class MatchFeaturesResult:
     pairs: Tensor
     video: Tensor
     videos: int
-
-
-def import_cv2():
-    """cv2, or an ImportError that says how to install it."""
-    try:
-        import cv2
-    except ImportError as exc:
-        raise ImportError('vgpa\'s feature matching needs OpenCV: pip install "vgpa[video]" '
-                          "(or pip install opencv-python-headless)") from exc
-    return cv2
 
 
 def _video_batch(op, frames):
@@ -89,7 +80,7 @@ def to_grey_uint8(video: np.ndarray, value_range=None) -> np.ndarray:
     become x * 255; then clipped to [0, 255] and cast to uint8 (truncation, as numpy's astype).
     ``value_range`` None decides per video: [-1, 1] when its minimum is below 0, else [0, 1].
     Three channels are RGB, turned grey by cv2.cvtColor(RGB2GRAY)."""
-    cv2 = import_cv2()
+    cv2 = import_cv2("vgpa's feature matching")
     if video.dtype != np.uint8:
         low, _ = _value_range(video, value_range)
         scaled = (video + 1.0) / 2.0 * 255.0 if low < 0 else video * 255.0
@@ -132,7 +123,7 @@ def match_features(frames, pairs=None, *, ratio=0.75, min_matches=20, max_keypoi
 
 def matches_of(op, frames, pairs, ratio, min_matches, max_keypoints, value_range) -> MatchFeaturesResult:
     """:func:`match_features` for the public function ``op``, which starts its error messages."""
-    cv2 = import_cv2()
+    cv2 = import_cv2("vgpa's feature matching")
     _check_options(op, ratio, min_matches, max_keypoints, value_range)
     videos = _video_batch(op, frames)
     steps = videos.shape[1]

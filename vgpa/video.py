@@ -40,12 +40,13 @@ class VideoWriteError(OSError):
         super().__init__(f"cannot write video {self.path}: {reason}")
 
 
-def _cv2():
+def import_cv2(what: str = "vgpa.video"):
+    """cv2, imported on first use, or an ImportError saying that ``what`` needs it and how to
+    install it (vgpa.video and vgpa.features share this)."""
     try:
         import cv2
     except ImportError as exc:
-        raise ImportError('vgpa.video needs OpenCV: pip install "vgpa[video]" '
-                          "(or opencv-python-headless)") from exc
+        raise ImportError(f'{what} needs OpenCV: pip install "vgpa[video]" (or opencv-python-headless)') from exc
     return cv2
 
 
@@ -139,7 +140,7 @@ def prepare_frames(frames: Tensor, size: int | None = 518, crop: str | None = "c
         work_dtype = torch.float32  # OpenCV resizes 8-bit, float32 and float64 images
     else:
         raise TypeError(f"{op}: frames must be uint8 or floating point, got dtype {frames.dtype}")
-    cv2 = _cv2()
+    cv2 = import_cv2()
     images = frames.detach().to("cpu", work_dtype).permute(0, 2, 3, 1).numpy()
     prepared = [_crop_and_resize(image, size, crop, cv2) for image in images]
     if not prepared:
@@ -256,7 +257,7 @@ def read_video(path, num_frames: int | None = 10, *, size: int | None = 518, cro
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
-    cv2 = _cv2()
+    cv2 = import_cv2()
     _check_readable(path)
 
     reported = _reported_frame_count(path, cv2)
@@ -326,7 +327,7 @@ def write_video(path, frames, fps: float = 8) -> Path:
         # OpenCV would silently drop the odd row / column.
         raise ValueError(f"{op}: {path}: mp4 (mp4v) stores even sides only and the frames are {height} x {width}; "
                          "crop or pad them to even sides, or write an .avi (Motion-JPEG, any size)")
-    cv2 = _cv2()
+    cv2 = import_cv2()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

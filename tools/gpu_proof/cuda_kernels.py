@@ -20,7 +20,6 @@ report and the PTX it assembled (the same text ``nvcc -ptx`` writes). From these
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from ..build_config import BUILD
 from . import resource_table
 from .ptx import KernelResources, demangle, forbidden_float_ops, parse_ptxas_log, ptx_functions
 
@@ -49,16 +49,6 @@ COMPILE_WORKERS = 2
 # positive finite depths it gets is finite.
 EXEMPT_FUNCTIONS = ("vgpa::out_of_line_log",)
 
-
-def _load_build_config():
-    """vgpa/_build_config.py, loaded by path as setup.py does (no torch, no vgpa import)."""
-    spec = importlib.util.spec_from_file_location("vgpa_build_config", REPO / "vgpa" / "_build_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BUILD = _load_build_config()
 
 
 def table_archs() -> list[str]:

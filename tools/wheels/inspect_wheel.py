@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import os
 import re
 import shutil
@@ -29,18 +28,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..build_config import BUILD
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_build_config():
-    """vgpa/_build_config.py, loaded by path as setup.py does (no torch, no vgpa import)."""
-    spec = importlib.util.spec_from_file_location("vgpa_build_config", REPO / "vgpa" / "_build_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BUILD = _load_build_config()
 
 # Shared libraries a vgpa module must not need: the CUDA runtime is linked statically, and the
 # bindings take raw pointers, so no torch library either. libcuda.so.1 (the driver) is loaded
