@@ -31,13 +31,15 @@ MOTION_KEY = "motion_norm"  # what the trainer filters static videos by
 class VideoBatch:
     """Videos of one frame count and resolution, stacked: depth (B, T, H, W) z-depth,
     confidence (B, T, H, W) or None, intrinsics (B, T, 3, 3), extrinsics (B, T, 4, 4)
-    world-to-camera, frames (B, T, 3, H, W) RGB in [0, 1] float32 or None. On one device."""
+    world-to-camera, frames (B, T, 3, H, W) RGB in [0, 1] float32 or None. On one device.
+    matches: the frames' SIFT matches once an epipolar metric has asked for them (shared by both)."""
 
     depth: Tensor
     confidence: Optional[Tensor]
     intrinsics: Tensor
     extrinsics: Tensor
     frames: Optional[Tensor]
+    matches: Optional[object] = None
 
 
 @dataclass
@@ -113,15 +115,29 @@ def _motion(batch: VideoBatch, options: ScoringOptions) -> dict:
     return {MOTION_KEY: _metrics.motion_score(batch.extrinsics)}
 
 
+def _frame_matches(batch: VideoBatch):
+    """SIFT matches of the stack's consecutive frames, computed once for both epipolar metrics
+    (on the host, per frame), with the coordinates on the stack's device so the fits run there.
+    The frames here are [0, 1] floats, which VideoGPA maps to uint8 as x 255."""
+    if batch.matches is None:
+        from dataclasses import replace
+
+        from .features import match_features
+
+        found = match_features(batch.frames, value_range=(0.0, 1.0))
+        device = batch.frames.device
+        batch.matches = replace(found, x1=found.x1.to(device), x2=found.x2.to(device), counts=found.counts.to(device))
+    return batch.matches
+
+
 def _epipolar(batch: VideoBatch, options: ScoringOptions) -> dict:
-    # SIFT runs on the host per frame; the fit and the Sampson distances of the whole stack are
-    # one batched call each. The frames here are [0, 1] floats, which VideoGPA maps to uint8 as x 255.
-    result = _metrics.epipolar_score(batch.frames, method="8point", value_range=(0.0, 1.0), backend=options.backend)
+    # The fit and the Sampson distances of the whole stack are one batched call each.
+    result = _metrics.epipolar_score(matches=_frame_matches(batch), method="8point", backend=options.backend)
     return {"epipolar": result.score}
 
 
 def _epipolar_robust(batch: VideoBatch, options: ScoringOptions) -> dict:
-    result = _metrics.epipolar_score(batch.frames, method="ransac", value_range=(0.0, 1.0), backend=options.backend)
+    result = _metrics.epipolar_score(matches=_frame_matches(batch), method="ransac", backend=options.backend)
     return {"epipolar_robust": result.score, "epipolar_inlier_ratio": result.inlier_ratio}
 
 
