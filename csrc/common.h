@@ -17,7 +17,22 @@
 #define VGPA_HD inline
 #endif
 
+// Hot host loops compiled three times (baseline x86-64, AVX2 + FMA, AVX-512) and picked at load
+// time by the CPU (an ifunc), so one portable wheel runs full-width SIMD where the CPU has it.
+// Results do not depend on the clone: the build never contracts into FMA
+// (-ffp-contract=off), vector division and square root round as scalar ones, and the SIMD loops
+// sum into a fixed number of lanes (kSimdLanes) rather than into the vector's width.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define VGPA_CPU_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define VGPA_CPU_SIMD_CLONES
+#endif
+
 namespace vgpa {
+
+// Lanes of the host SIMD loops' partial sums: a fixed count, not the vector width, so that the
+// sum's order (and bits) is the same on every CPU.
+constexpr int kSimdLanes = 16;
 
 // Mirrors vgpa._backend.DTYPE_CODES.
 enum class Dtype : int { Float32 = 0, Float16 = 1, BFloat16 = 2, Float64 = 3 };
