@@ -64,7 +64,7 @@ def sizes(device, quick):
     else:
         dims = [(1, 4, 16, 30, 45, "float32")] if quick else [
             (1, 13, 16, 15, 23, "float32"), (1, 13, 16, 30, 45, "float32"), (1, 13, 16, 60, 90, "float32"),
-            (2, 13, 16, 60, 90, "float32"), (8, 13, 16, 60, 90, "float32")]
+            (2, 13, 16, 60, 90, "float32"), (4, 13, 16, 60, 90, "float32"), (8, 13, 16, 60, 90, "float32")]
     return [Size(d, x=2 * d[0] * d[1] * d[2] * d[3] * d[4]) for d in dims]
 
 

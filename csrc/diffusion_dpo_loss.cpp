@@ -1,10 +1,19 @@
 // C++ CPU twin of the CUDA kernels in diffusion_dpo_loss.cu: OpenMP over fixed chunks, each
 // chunk walked row by row so that contiguous rows run as unit-stride SIMD loops.
 #include "diffusion_dpo_loss.h"
+#include "host_memory.h"
 
 namespace vgpa {
 
 namespace {
+
+// Below this many elements per tensor the work is done on the calling thread: waking the
+// thread team costs more than it saves, and far more when another process holds a core.
+constexpr int64_t kSerialElements = 32768;
+
+int64_t elements(const DiffusionDPOLossArgs& a) {
+  return a.samples * a.shape.frames * a.shape.a * a.shape.b * a.shape.c;
+}
 
 // Adds one innermost row of `len` elements to acc. Stride 1 everywhere is the common case
 // (contiguous latents); it gets its own loop so the compiler vectorises it. Without a
@@ -56,12 +65,15 @@ void add_row(DpoPartial<A>& acc, const T* m, const T* r, const T* t, const A* w,
 }
 
 template <typename T, typename A>
-void grad_row(T* g, const T* m, const T* t, const A* w, A scale, const Strides* st, int64_t len) {
+void grad_row(T* g, const T* m, const T* t, const A* w, A scale, const Strides* st, int64_t len, bool streaming) {
   const int64_t cm = st[0].c, cg = st[1].c, ct = st[2].c, cw = st[3].c;
   if (cm == 1 && cg == 1 && ct == 1 && (w == nullptr || cw == 1)) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i)
-      store_from(g + i, dpo_grad(scale, load_as<A>(m + i), load_as<A>(t + i), w ? w[i] : A(1)));
+    const auto element = [&](int64_t i) {
+      T out;
+      store_from(&out, dpo_grad(scale, load_as<A>(m + i), load_as<A>(t + i), w ? w[i] : A(1)));
+      return out;
+    };
+    write_row(g, len, streaming, element);
   } else {
     for (int64_t i = 0; i < len; ++i)
       store_from(g + i * cg, dpo_grad(scale, load_as<A>(m + i * cm), load_as<A>(t + i * ct), w ? w[i * cw] : A(1)));
@@ -80,7 +92,7 @@ void forward(const DiffusionDPOLossArgs& args) {
   const Strides* st = args.strides;
   const int64_t rows = args.samples * shape.segments, jobs = rows * args.chunks;
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (elements(args) > kSerialElements)
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t ns = job / args.chunks, chunk = job % args.chunks;
     int64_t n, f0, count;
@@ -124,8 +136,16 @@ void backward(const DiffusionDPOLossArgs& args) {
   const int64_t block = args.chunk;
   const int64_t blocks = (shape.longest_segment() + block - 1) / block;
   const int64_t jobs = args.samples * shape.segments * blocks;
+  // The gradient is a fresh buffer; its extent (strides are never negative) gets the huge-page
+  // hint before anything touches it, and a large one is streamed out.
+  const Strides& sg = st[1];
+  const int64_t extent = 1 + (args.samples - 1) * sg.n + (shape.frames - 1) * sg.f + (shape.a - 1) * sg.a +
+                         (shape.b - 1) * sg.b + (shape.c - 1) * sg.c;
+  const int64_t grad_bytes = jobs > 0 ? extent * int64_t(sizeof(T)) : 0;
+  const bool streaming = grad_bytes >= kStreamingStoreBytes;
+  if (streaming) advise_huge_pages(grad, grad_bytes);
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (elements(args) > kSerialElements)
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t ns = job / blocks, begin = (job % blocks) * block;
     int64_t n, f0, count;
@@ -137,7 +157,7 @@ void backward(const DiffusionDPOLossArgs& args) {
     for (int64_t e = begin; e < end;) {
       const int64_t len = cur.row_remaining(shape) < end - e ? cur.row_remaining(shape) : end - e;
       grad_row(grad + cur.offset(st[1], n), model + cur.offset(st[0], n), target + cur.offset(st[2], n),
-               weight ? weight + cur.offset(st[3], n) : nullptr, scale[ns], st, len);
+               weight ? weight + cur.offset(st[3], n) : nullptr, scale[ns], st, len, streaming);
       cur.skip(shape, len);
       e += len;
     }

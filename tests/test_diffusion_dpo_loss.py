@@ -134,6 +134,19 @@ def test_sizes(backend, device, numel):
     _assert_matches(out, grad, _float64_expected(model_pred, ref_pred, target, **kwargs), torch.float32, 1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_large_gradient_streamed_out_matches_reference(dtype):
+    """A gradient of 16.8 MB takes the C++ backend's streaming-store path (and the huge-page hint);
+    the odd innermost size and the segments start rows off cache-line boundaries, so the
+    unaligned head and tail of every row are written too."""
+    inner = {torch.float32: 20011, torch.bfloat16: 40023, torch.float64: 10007}[dtype]
+    model_pred, ref_pred, target = _inputs((2, 3, 5, 7, inner), dtype, torch.device("cpu"))
+    assert model_pred.numel() * model_pred.element_size() >= 16 << 20
+    kwargs = dict(beta=3.0, segments=2, frame_dim=1)
+    out, grad = _run("cpu", model_pred, ref_pred, target, **kwargs)
+    _assert_matches(out, grad, _float64_expected(model_pred, ref_pred, target, **kwargs), dtype, 2)
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS + [pytest.param("torch", id="torch")])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_extreme_logits_stay_finite(backend, device, loss_type):
