@@ -102,6 +102,31 @@ VGPA_HD A floor_of_nonnegative(A x) {
 #endif
 }
 
+// BilinearTaps::at, also called lane by lane by the host's SIMD loops: I is the coordinate
+// type (int64_t; int32_t where the image's offsets fit), U the flag type of used[k] (0 or 1),
+// both chosen so that the loops vectorise.
+template <typename A, typename I, typename U>
+VGPA_HD void bilinear_taps(A u, A v, I height, I width, I& x0, I& y0, A& wx, A& wy, A* w, U* used) {
+  const A fu = floor_of_nonnegative(u), fv = floor_of_nonnegative(v);
+  x0 = static_cast<I>(fu);
+  y0 = static_cast<I>(fv);
+  wx = u - fu;
+  wy = v - fv;
+  // Column x0 + 1 (row y0 + 1) in the image; x0 and y0 are (inside_image). & rather than &&
+  // keeps the tests free of branches.
+  const U col1 = U(x0 + 1 < width), row1 = U(y0 + 1 < height);
+  for (int k = 0; k < 4; ++k) {
+    w[k] = ((k & 1) ? wx : A(1) - wx) * ((k >> 1) ? wy : A(1) - wy);
+    used[k] = ((k & 1) ? col1 : U(1)) & ((k >> 1) ? row1 : U(1)) & U(w[k] != A(0));
+  }
+}
+
+// The bilinear value from four weights and tap values (0 for unused taps).
+template <typename A>
+VGPA_HD A bilinear_value(const A* w, const A* t) {
+  return w[0] * t[0] + w[1] * t[1] + w[2] * t[2] + w[3] * t[3];
+}
+
 // The four bilinear taps around (u, v), tap k = (x0 + (k & 1), y0 + (k >> 1)). A tap is used
 // when it lies in the image and has a non-zero weight: unused taps are never read, so a
 // NaN next to the sample point cannot leak in through a zero weight. The weights and the used
@@ -116,20 +141,9 @@ struct BilinearTaps {
   // (u, v) must be inside the image (checked with inside_image first): finite and >= 0.
   VGPA_HD static BilinearTaps at(A u, A v, int64_t height, int64_t width) {
     BilinearTaps t;
-    const A fu = floor_of_nonnegative(u), fv = floor_of_nonnegative(v);
-    t.x0 = static_cast<int64_t>(fu);
-    t.y0 = static_cast<int64_t>(fv);
-    t.wx = u - fu;
-    t.wy = v - fv;
-    // Bit 0/1: column x0 / x0 + 1 (row y0 / y0 + 1) in the image. x0 and y0 are (inside_image),
-    // so only x0 + 1 and y0 + 1 are tested; & rather than && keeps the tests free of branches.
-    const unsigned cols = 1u | unsigned(t.x0 + 1 < width) << 1;
-    const unsigned rows = 1u | unsigned(t.y0 + 1 < height) << 1;
-    t.used_mask = 0;
-    for (int k = 0; k < 4; ++k) {
-      t.w[k] = ((k & 1) ? t.wx : A(1) - t.wx) * ((k >> 1) ? t.wy : A(1) - t.wy);
-      t.used_mask |= ((cols >> (k & 1)) & (rows >> (k >> 1)) & unsigned(t.w[k] != A(0))) << k;
-    }
+    unsigned used[4];
+    bilinear_taps(u, v, height, width, t.x0, t.y0, t.wx, t.wy, t.w, used);
+    t.used_mask = used[0] | used[1] << 1 | used[2] << 2 | used[3] << 3;
     return t;
   }
   VGPA_HD int64_t x(int k) const { return x0 + (k & 1); }
@@ -137,7 +151,7 @@ struct BilinearTaps {
   VGPA_HD A weight(int k) const { return w[k]; }
   VGPA_HD bool used(int k) const { return (used_mask >> k) & 1u; }
   // Bilinear value and its derivatives in u and v from the four tap values (0 when unused).
-  VGPA_HD A value(const A* t) const { return w[0] * t[0] + w[1] * t[1] + w[2] * t[2] + w[3] * t[3]; }
+  VGPA_HD A value(const A* t) const { return bilinear_value(w, t); }
   VGPA_HD A d_du(const A* t) const { return (A(1) - wy) * (t[1] - t[0]) + wy * (t[3] - t[2]); }
   VGPA_HD A d_dv(const A* t) const { return (A(1) - wx) * (t[2] - t[0]) + wx * (t[3] - t[1]); }
 };

@@ -1,4 +1,6 @@
 // C++ CPU twin of the CUDA kernels in reprojection_error.cu (OpenMP).
+#include <climits>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -8,29 +10,222 @@ namespace vgpa {
 
 namespace {
 
+#define VGPA_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// Pixels of one lane loop (a multiple of kSimdLanes): one pair, consecutive pixels of a chunk.
+constexpr int kBlock = 64;
+
+// Structure-of-arrays state of one block of pixels.
+template <typename A>
+struct BlockLanes {
+  A x[kBlock], y[kBlock], z[kBlock];  // source pixel and depth
+  A warped[kBlock], sampled[kBlock], u[kBlock], v[kBlock], error[kBlock];
+  int64_t source[kBlock];             // source depth offsets (strided depth)
+  int32_t ok[kBlock];                  // bool (a bool array does not vectorise)
+};
+
+// Per-launch constants of the lane loops; I: the tap offset type (int32_t for contiguous frames).
+template <typename T, typename A, typename I>
+struct BlockGeometry {
+  A pm[12];  // a copy: stores to the lanes cannot alias it
+  const T* target;  // depth frame j
+  I sh, sw;         // depth row and column strides
+  int64_t height, width;
+  bool strict, occlusion;
+  A occlusion_scale;
+};
+
+// Lanes [0, n) of the block: the source depths, pixel coordinates stepped from (x, y).
+template <typename T, typename A>
+VGPA_ALWAYS_INLINE void load_block(const T* source, int64_t sh, int64_t sw, bool contiguous, int64_t e, int64_t y,
+                                   int64_t x, int64_t width, int n, BlockLanes<A>& L) {
+  for (int l = 0; l < n; ++l) {
+    L.x[l] = A(x);
+    L.y[l] = A(y);
+    L.source[l] = y * sh + x * sw;
+    if (++x == width) {
+      x = 0;
+      ++y;
+    }
+  }
+  for (int l = n; l < kBlock; ++l) {
+    L.x[l] = L.y[l] = A(0);
+    L.source[l] = 0;
+  }
+  if (contiguous && n == kBlock) {
+    for (int l = 0; l < kBlock; ++l) L.z[l] = load_as<A>(source + e + l);
+  } else {
+    for (int l = 0; l < kBlock; ++l) L.z[l] = load_as<A>(source + L.source[l]);
+  }
+}
+
+// reproject_pixel up to the sampled depth and the occlusion test, lane by lane with the same
+// header functions: lanes past n, invalid pixels and unused taps read in-image addresses and
+// are masked out afterwards.
+// The validity flags are int32_t 0/1 combined with & and |: mixed bool masks do not vectorise.
+template <bool Strict, typename T, typename A, typename I>
+VGPA_ALWAYS_INLINE void warp_block(const BlockGeometry<T, A, I>& g, int n, BlockLanes<A>& L) {
+  const I height = I(g.height), width = I(g.width), last_x = width - 1, last_y = height - 1;
+  const T* target = g.target;
+  for (int l = 0; l < kBlock; ++l) {
+    const A z = L.z[l];
+    int32_t ok = int32_t(l < n) & int32_t(depth_is_valid(z));
+    const PixelWarp<A> w = warp_pixel(g.pm, L.x[l], L.y[l], ok ? z : A(1));
+    ok &= int32_t(w.depth > A(0)) & int32_t(inside_image(w.u, w.v, g.height, g.width, Strict));
+    const A u = ok ? w.u : A(0), v = ok ? w.v : A(0);
+    I x0, y0;
+    int32_t used[4];
+    A wx, wy, weight[4];
+    bilinear_taps(u, v, height, width, x0, y0, wx, wy, weight, used);
+    const I x1 = x0 < last_x ? x0 + 1 : last_x, y1 = y0 < last_y ? y0 + 1 : last_y;
+    const I offset[4] = {y0 * g.sh + x0 * g.sw, y0 * g.sh + x1 * g.sw, y1 * g.sh + x0 * g.sw, y1 * g.sh + x1 * g.sw};
+    A tap[4];
+    for (int k = 0; k < 4; ++k) {
+      const A d = load_as<A>(target + offset[k]);
+      tap[k] = used[k] ? d : A(0);
+      if (Strict) ok &= ~used[k] | int32_t(depth_is_valid(d));
+    }
+    const A sampled = bilinear_value(weight, tap);
+    ok &= ~(int32_t(g.occlusion) & int32_t(w.depth > g.occlusion_scale * sampled));
+    L.warped[l] = w.depth;
+    L.sampled[l] = sampled;
+    L.u[l] = u;
+    L.v[l] = v;
+    L.ok[l] = ok;
+  }
+}
+
+// The depth error of every lane (0 and not ok where invalid or not finite).
+template <int Kind, typename A>
+VGPA_ALWAYS_INLINE void depth_error_block(BlockLanes<A>& L) {
+  for (int l = 0; l < kBlock; ++l) {
+    const A e = depth_error(Kind, L.warped[l], L.sampled[l]);
+    const bool ok = L.ok[l] & (e - e == A(0));
+    L.error[l] = ok ? e : A(0);
+    L.ok[l] = int32_t(ok);
+  }
+}
+
+template <typename T, typename A>
+VGPA_ALWAYS_INLINE void photometric_error_block(const ReprojectionErrorArgs& a, const PairRow& pair,
+                                                BlockLanes<A>& L) {
+  for (int l = 0; l < kBlock; ++l) {
+    bool ok = L.ok[l] != 0;
+    A e = A(0);
+    if (ok) {
+      const BilinearTaps<A> taps = BilinearTaps<A>::at(L.u[l], L.v[l], a.height, a.width);
+      e = photometric_error<T, A>(a, pair.b, pair.i, pair.j, taps, int64_t(L.y[l]), int64_t(L.x[l]));
+      ok = e - e == A(0);
+    }
+    L.error[l] = ok ? e : A(0);
+    L.ok[l] = int32_t(ok);
+  }
+}
+
+template <typename T, typename A>
+VGPA_ALWAYS_INLINE void error_block(const ReprojectionErrorArgs& a, const PairRow& pair, BlockLanes<A>& L) {
+  switch (static_cast<ReprojectionErrorKind>(a.error)) {
+    case ReprojectionErrorKind::AbsRel: depth_error_block<0>(L); break;
+    case ReprojectionErrorKind::Abs: depth_error_block<1>(L); break;
+    case ReprojectionErrorKind::Sq: depth_error_block<2>(L); break;
+    case ReprojectionErrorKind::Log: depth_error_block<3>(L); break;
+    default: photometric_error_block<T, A>(a, pair, L);
+  }
+}
+
+// Scores the pixels [first, last) of one pair in blocks; block(e, n, lanes) gets each.
+template <typename T, typename A, typename I, typename Visit>
+VGPA_ALWAYS_INLINE void score_blocks(const ReprojectionErrorArgs& a, const PairRow& pair, int64_t first,
+                                     int64_t last, Visit&& visit) {
+  const T* source = depth_frame<T>(a, pair.b, pair.i);
+  const int64_t sh = a.depth_strides[2], sw = a.depth_strides[3];
+  const bool contiguous = sw == 1 && sh == a.width;
+  BlockGeometry<T, A, I> g{{}, depth_frame<T>(a, pair.b, pair.j), I(sh), I(sw), a.height, a.width, a.strict,
+                           a.occlusion, A(1.0 + a.occlusion_tol)};
+  const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
+  for (int k = 0; k < 12; ++k) g.pm[k] = pm[k];
+  BlockLanes<A> L;
+  for (int64_t e = first; e < last; e += kBlock) {
+    const int n = int(last - e < kBlock ? last - e : kBlock);
+    load_block<T, A>(source, sh, sw, contiguous, e, e / a.width, e % a.width, a.width, n, L);
+    if (a.strict)
+      warp_block<true>(g, n, L);
+    else
+      warp_block<false>(g, n, L);
+    error_block<T, A>(a, pair, L);
+    visit(e, n, L);
+  }
+}
+
+// One forward job. Lane l of a block adds into partial sum l % kSimdLanes: blocks start at the
+// chunk's start plus a multiple of kBlock, so a pixel's lane is its position in the chunk
+// modulo kSimdLanes whatever the vector width; the lanes are combined in a fixed order.
+template <typename T, typename I>
+VGPA_ALWAYS_INLINE void forward_job(const ReprojectionErrorArgs& a, int64_t job) {
+  using A = typename Acc<T>::type;
+  const int64_t pixels = a.pixels();
+  const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels,
+                                    reinterpret_cast<const int64_t*>(a.pair_frames));
+  A* error_map = reinterpret_cast<A*>(a.error_map);
+  uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
+  A sums[kSimdLanes] = {}, counts[kSimdLanes] = {};
+  score_blocks<T, A, I>(a, c.pair, c.begin, c.end, [&](int64_t e, int n, const BlockLanes<A>& L) {
+    for (int base = 0; base < kBlock; base += kSimdLanes)
+      for (int k = 0; k < kSimdLanes; ++k) {
+        sums[k] += L.error[base + k];
+        counts[k] += L.ok[base + k] != 0 ? A(1) : A(0);
+      }
+    if (error_map) {
+      const int64_t index = c.pair.row * pixels + e;
+      for (int l = 0; l < n; ++l) {
+        error_map[index + l] = L.error[l];
+        valid_mask[index + l] = uint8_t(L.ok[l]);
+      }
+    }
+  });
+  A sum = A(0), count = A(0);
+  for (int k = 0; k < kSimdLanes; ++k) {
+    sum += sums[k];
+    count += counts[k];
+  }
+  A* partials = reinterpret_cast<A*>(a.partials);
+  partials[job * 2] = sum;
+  partials[job * 2 + 1] = count;
+}
+
+// Tap offsets fit int32 (full-width gathers) when every offset of a frame does.
+bool small_offsets(const ReprojectionErrorArgs& a) {
+  const int64_t reach = (a.height - 1) * a.depth_strides[2] + (a.width - 1) * a.depth_strides[3];
+  return a.depth_strides[2] >= 0 && a.depth_strides[3] >= 0 && reach <= INT32_MAX;
+}
+
+// The SIMD clones: one plain function per dtype (target_clones takes no templates).
+#define VGPA_FORWARD_JOB(T, name)                                                                   \
+  VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void name(const ReprojectionErrorArgs& a, int64_t job, bool small) { \
+    if (small)                                                                                      \
+      forward_job<T, int32_t>(a, job);                                                              \
+    else                                                                                            \
+      forward_job<T, int64_t>(a, job);                                                              \
+  }
+VGPA_FORWARD_JOB(float, forward_job_float)
+VGPA_FORWARD_JOB(double, forward_job_double)
+VGPA_FORWARD_JOB(Half, forward_job_half)
+VGPA_FORWARD_JOB(BFloat16, forward_job_bfloat16)
+
+void forward_job_of(float*, const ReprojectionErrorArgs& a, int64_t job, bool s) { forward_job_float(a, job, s); }
+void forward_job_of(double*, const ReprojectionErrorArgs& a, int64_t job, bool s) { forward_job_double(a, job, s); }
+void forward_job_of(Half*, const ReprojectionErrorArgs& a, int64_t job, bool s) { forward_job_half(a, job, s); }
+void forward_job_of(BFloat16*, const ReprojectionErrorArgs& a, int64_t job, bool s) {
+  forward_job_bfloat16(a, job, s);
+}
+
 template <typename T>
 void forward(const ReprojectionErrorArgs& a) {
-  using A = typename Acc<T>::type;
-  const int64_t jobs = a.batch * a.pairs * a.chunks, pixels = a.pixels();
-  A* partials = reinterpret_cast<A*>(a.partials);
-
+  const int64_t jobs = a.batch * a.pairs * a.chunks;
+  const bool small = small_offsets(a);
   // One job = one fixed chunk of one (video, pair): the partials do not depend on threading.
 #pragma omp parallel for schedule(static)
-  for (int64_t job = 0; job < jobs; ++job) {
-    const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels,
-                                      reinterpret_cast<const int64_t*>(a.pair_frames));
-    const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + c.pair.row * 12;
-    ReprojectedPixel<A> px;
-    A sum, count;
-    score_chunk_rows(c, a.width, pixels, reinterpret_cast<A*>(a.error_map), reinterpret_cast<uint8_t*>(a.valid_mask),
-                [&](int64_t, int64_t y, int64_t x, A& error) {
-                  const bool valid = reproject_pixel<T, A>(a, c.pair.b, c.pair.i, c.pair.j, pm, y, x, px);
-                  error = valid ? px.error : A(0);
-                  return valid;
-                }, sum, count);
-    partials[job * 2] = sum;  // locals, not the buffer: the loop keeps them in registers
-    partials[job * 2 + 1] = count;
-  }
+  for (int64_t job = 0; job < jobs; ++job) forward_job_of(static_cast<T*>(nullptr), a, job, small);
 }
 
 // One addition of the backward: value into element where >> 2 of the pair's source (bit 0

@@ -119,6 +119,23 @@ VGPA_HD const T* image_plane(const ReprojectionErrorArgs& a, int64_t b, int64_t 
          c * a.image_strides[2];
 }
 
+// mean_c |I_i(x, y) - I_j(taps)| of a warped pixel whose taps are known.
+template <typename T, typename A>
+VGPA_HD A photometric_error(const ReprojectionErrorArgs& a, int64_t b, int64_t i, int64_t j,
+                            const BilinearTaps<A>& taps, int64_t y, int64_t x) {
+  const int64_t ih = a.image_strides[3], iw = a.image_strides[4];
+  A e = A(0);
+  for (int64_t c = 0; c < a.channels; ++c) {
+    const T* target = image_plane<T>(a, b, j, c);
+    A tap[4];
+    for (int k = 0; k < 4; ++k)
+      tap[k] = taps.used(k) ? load_as<A>(target + taps.y(k) * ih + taps.x(k) * iw) : A(0);
+    const A diff = load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - taps.value(tap);
+    e += diff < A(0) ? -diff : diff;
+  }
+  return e / A(a.channels);
+}
+
 // Warps source pixel (x, y) of frame i into frame j and scores it; false when it is not valid
 // (DESIGN 3.1: validity, occlusion, and a non-finite error, e.g. abs_rel against a sampled
 // depth of 0 under "zeros" validity).
@@ -143,22 +160,9 @@ VGPA_HD bool reproject_pixel(const ReprojectionErrorArgs& a, int64_t b, int64_t 
   }
   px.sampled_depth = px.taps.value(px.tap_depth);
   if (a.occlusion && px.warp.depth > A(1.0 + a.occlusion_tol) * px.sampled_depth) return false;
-  A e;
-  if (a.error == static_cast<int>(ReprojectionErrorKind::Photometric)) {
-    const int64_t ih = a.image_strides[3], iw = a.image_strides[4];
-    e = A(0);
-    for (int64_t c = 0; c < a.channels; ++c) {
-      const T* target = image_plane<T>(a, b, j, c);
-      A tap[4];
-      for (int k = 0; k < 4; ++k)
-        tap[k] = px.taps.used(k) ? load_as<A>(target + px.taps.y(k) * ih + px.taps.x(k) * iw) : A(0);
-      const A diff = load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - px.taps.value(tap);
-      e += diff < A(0) ? -diff : diff;
-    }
-    e /= A(a.channels);
-  } else {
-    e = depth_error(a.error, px.warp.depth, px.sampled_depth);
-  }
+  const A e = a.error == static_cast<int>(ReprojectionErrorKind::Photometric)
+                  ? photometric_error<T, A>(a, b, i, j, px.taps, y, x)
+                  : depth_error(a.error, px.warp.depth, px.sampled_depth);
   if (!(e - e == A(0))) return false;
   px.error = e;
   return true;

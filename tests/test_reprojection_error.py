@@ -154,6 +154,29 @@ def test_cpu_backward_is_bitwise_deterministic():
     assert torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("size", [(37, 53), (3, 1), (1, 70)])  # blocks of 64 pixels with tails, width 1
+def test_cpu_is_bitwise_independent_of_the_thread_count(size):
+    depth, intrinsics, extrinsics, _ = inputs(seed=5, height=size[0], width=size[1])
+    depth[0, 1, : size[0] // 2] = float("nan")  # rows without a valid pixel
+    strided = depth.transpose(2, 3).contiguous().transpose(2, 3)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got = []
+            for d in (depth, strided):
+                for validity in ("zeros", "strict"):
+                    out, grad, _ = run(d, intrinsics, extrinsics, PAIRS, "cpu", "cpu", validity=validity,
+                                       occlusion_tol=0.1)
+                    got += [out.error, out.error_map, out.valid_mask, grad]
+            results.append(got)
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
 # --------------------------------------------------------------------------------------------
 # Edge cases
 
