@@ -95,6 +95,29 @@ struct SurfaceNormal {
   A depth;         // the centre depth
 };
 
+// The steps of surface_normal once the five depths are loaded, shared with the host's SIMD
+// lane loops (which run every step on every lane and combine the validity as masks).
+template <typename A>
+VGPA_HD Vec3<A> surface_normal_cross(const A* kinv, A u, A v, A zl, A zr, A zu, A zd, SurfaceNormal<A>& s) {
+  s.du = sub3(unproject(kinv, u + A(1), v, zr), unproject(kinv, u - A(1), v, zl));
+  s.dv = sub3(unproject(kinv, u, v + A(1), zd), unproject(kinv, u, v - A(1), zu));
+  const Vec3<A> c = cross3(s.du, s.dv);
+  s.length = sqrt_of(dot3(c, c));
+  return c;
+}
+
+template <typename A>
+VGPA_HD bool surface_normal_length_ok(const SurfaceNormal<A>& s) {
+  return s.length > A(0) && s.length - s.length == A(0);
+}
+
+template <typename A>
+VGPA_HD void surface_normal_orient(const A* kinv, A u, A v, A zc, Vec3<A> c, SurfaceNormal<A>& s) {
+  s.sign = dot3(c, unproject(kinv, u, v, zc)) > A(0) ? A(-1) : A(1);
+  s.n = scale3(s.sign / s.length, c);
+  s.depth = zc;
+}
+
 // False when the pixel has no normal: it or a 4-neighbour lies outside the image or holds an
 // invalid depth, or |c| is 0 or not finite.
 template <typename T, typename A>
@@ -108,14 +131,9 @@ VGPA_HD bool surface_normal(const T* frame, int64_t sh, int64_t sw, int64_t heig
         depth_is_valid(zd)))
     return false;
   const A u = A(x), v = A(y);
-  s.du = sub3(unproject(kinv, u + A(1), v, zr), unproject(kinv, u - A(1), v, zl));
-  s.dv = sub3(unproject(kinv, u, v + A(1), zd), unproject(kinv, u, v - A(1), zu));
-  const Vec3<A> c = cross3(s.du, s.dv);
-  s.length = sqrt_of(dot3(c, c));
-  if (!(s.length > A(0)) || !(s.length - s.length == A(0))) return false;
-  s.sign = dot3(c, unproject(kinv, u, v, zc)) > A(0) ? A(-1) : A(1);
-  s.n = scale3(s.sign / s.length, c);
-  s.depth = zc;
+  const Vec3<A> c = surface_normal_cross(kinv, u, v, zl, zr, zu, zd, s);
+  if (!surface_normal_length_ok(s)) return false;
+  surface_normal_orient(kinv, u, v, zc, c, s);
   return true;
 }
 
