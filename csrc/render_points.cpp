@@ -26,8 +26,39 @@ inline void atomic_min(int64_t* slot, int64_t value) {
   }
 }
 
+// Points projected per step of the lane loop: enough for full SIMD vectors, few enough that
+// the lanes' results stay in L1.
+constexpr int kLaneBlock = 64;
+
+// Points [first, first + n) of one cloud (n <= kLaneBlock) projected with one frame's rows,
+// lane by lane (a SIMD loop: the landing rules as masks, not branches), then offered to the
+// z-buffer in index order. Decides exactly as project_point: the same functions, the same
+// rounding.
 template <typename S>
-void zbuffer(const RenderPointsArgs& a) {
+inline void zbuffer_lanes(const S* frame_rows, const S* cloud, int64_t first, int n, int64_t height, int64_t width,
+                          int64_t* frame_keys) {
+  S depth[kLaneBlock];
+  int32_t col[kLaneBlock], row[kLaneBlock], landed[kLaneBlock];
+  for (int k = 0; k < n; ++k) {
+    const S* q = cloud + 3 * (first + k);
+    const S x = q[0], y = q[1], z = q[2];
+    const S d = camera_depth(frame_rows, x, y, z);
+    const S u = pixel_coordinate(frame_rows, x, y, z, d);
+    const S v = pixel_coordinate(frame_rows + 4, x, y, z, d);
+    const int32_t in = int32_t(point_is_finite(x, y, z)) & int32_t(depth_in_front(d)) &
+                       int32_t(pixel_in_image(u, v, height, width));
+    depth[k] = d;
+    landed[k] = in;
+    col[k] = in ? int32_t(u) : 0;  // image sides are < 2^22: a landed pixel's coordinates fit
+    row[k] = in ? int32_t(v) : 0;
+  }
+  for (int k = 0; k < n; ++k)
+    if (landed[k]) atomic_min(frame_keys + int64_t(row[k]) * width + col[k], depth_key(depth[k], first + k));
+}
+
+// One job: one block of one video's points, rendered into every frame of the video.
+template <typename S>
+inline void zbuffer_job(const RenderPointsArgs& a, int64_t job) {
   const S* points = reinterpret_cast<const S*>(a.points);
   const S* rows = reinterpret_cast<const S*>(a.rows);
   const int64_t* offsets = reinterpret_cast<const int64_t*>(a.offsets);
@@ -35,27 +66,36 @@ void zbuffer(const RenderPointsArgs& a) {
   int64_t* keys = reinterpret_cast<int64_t*>(a.keys);
   const int64_t hw = a.height * a.width;
   const int64_t blocks = (a.max_count + kPointBlock - 1) / kPointBlock;
-  const int64_t jobs = a.videos * blocks;
-
-#pragma omp parallel for schedule(dynamic, 1) if (jobs > 1)
-  for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t b = job / blocks, begin = (job % blocks) * kPointBlock;
-    const int64_t end = begin + kPointBlock < counts[b] ? begin + kPointBlock : counts[b];
-    const S* cloud = points + offsets[b] * 3;
-    // Frame-major inside a block: the block's points stay in cache while one z-buffer is hit.
-    for (int64_t t = 0; t < a.frames; ++t) {
-      const S* frame_rows = rows + (b * a.frames + t) * kRowsPerFrame;
-      int64_t* frame_keys = keys + (b * a.frames + t) * hw;
-      for (int64_t i = begin; i < end; ++i) {
-        S depth;
-        int64_t pixel;
-        if (project_point(frame_rows, cloud[3 * i], cloud[3 * i + 1], cloud[3 * i + 2], a.height, a.width, depth,
-                          pixel)) {
-          atomic_min(frame_keys + pixel, depth_key(depth, i));
-        }
-      }
-    }
+  const int64_t b = job / blocks, begin = (job % blocks) * kPointBlock;
+  const int64_t end = begin + kPointBlock < counts[b] ? begin + kPointBlock : counts[b];
+  const S* cloud = points + offsets[b] * 3;
+  // Frame-major inside a block: the block's points stay in cache while one z-buffer is hit.
+  for (int64_t t = 0; t < a.frames; ++t) {
+    const S* frame_rows = rows + (b * a.frames + t) * kRowsPerFrame;
+    int64_t* frame_keys = keys + (b * a.frames + t) * hw;
+    for (int64_t i = begin; i < end; i += kLaneBlock)
+      zbuffer_lanes(frame_rows, cloud, i, int(end - i < kLaneBlock ? end - i : kLaneBlock), a.height, a.width,
+                    frame_keys);
   }
+}
+
+// The SIMD clones: one plain function per dtype (target_clones takes no templates); flatten
+// inlines the shared projection math into each clone.
+VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void zbuffer_job_float(const RenderPointsArgs& a, int64_t job) {
+  zbuffer_job<float>(a, job);
+}
+VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void zbuffer_job_double(const RenderPointsArgs& a, int64_t job) {
+  zbuffer_job<double>(a, job);
+}
+void zbuffer_job_of(float*, const RenderPointsArgs& a, int64_t job) { zbuffer_job_float(a, job); }
+void zbuffer_job_of(double*, const RenderPointsArgs& a, int64_t job) { zbuffer_job_double(a, job); }
+
+template <typename S>
+void zbuffer(const RenderPointsArgs& a) {
+  const int64_t blocks = (a.max_count + kPointBlock - 1) / kPointBlock;
+  const int64_t jobs = a.videos * blocks;
+#pragma omp parallel for schedule(dynamic, 1) if (jobs > 1)
+  for (int64_t job = 0; job < jobs; ++job) zbuffer_job_of(static_cast<S*>(nullptr), a, job);
 }
 
 template <typename S, typename T>

@@ -130,16 +130,33 @@ VGPA_HD S row_dot(const S* r, S x, S y, S z) {
 template <typename S>
 VGPA_HD S camera_depth(const S* rows, S x, S y, S z) { return row_dot(rows + 8, x, y, z); }
 
+// Column (row 0) or row (row 4) of the pixel a point of camera depth `depth` lands on.
+template <typename S>
+VGPA_HD S pixel_coordinate(const S* row, S x, S y, S z, S depth) {
+  return round_half_even(div_rn(row_dot(row, x, y, z), depth));
+}
+
+// The landing rules, also evaluated lane by lane by the host's SIMD loop (render_points.cpp):
+// a finite point, a finite depth > 0, and a pixel (u, v) inside the image (NaN fails).
+template <typename S>
+VGPA_HD bool point_is_finite(S x, S y, S z) { return is_finite(x) & is_finite(y) & is_finite(z); }
+template <typename S>
+VGPA_HD bool depth_in_front(S depth) { return (depth > S(0)) & is_finite(depth); }
+template <typename S>
+VGPA_HD bool pixel_in_image(S u, S v, int64_t height, int64_t width) {
+  return (u >= S(0)) & (u < S(width)) & (v >= S(0)) & (v < S(height));
+}
+
 // Projects one world point with one frame's rows; true iff it lands, with its depth and pixel.
 template <typename S>
 VGPA_HD bool project_point(const S* rows, S x, S y, S z, int64_t height, int64_t width, S& depth,
                            int64_t& pixel) {
-  if (!(is_finite(x) && is_finite(y) && is_finite(z))) return false;
+  if (!point_is_finite(x, y, z)) return false;
   depth = camera_depth(rows, x, y, z);
-  if (!(depth > S(0)) || !is_finite(depth)) return false;
-  const S u = round_half_even(div_rn(row_dot(rows, x, y, z), depth));
-  const S v = round_half_even(div_rn(row_dot(rows + 4, x, y, z), depth));
-  if (!(u >= S(0) && u < S(width) && v >= S(0) && v < S(height))) return false;  // NaN fails too
+  if (!depth_in_front(depth)) return false;
+  const S u = pixel_coordinate(rows, x, y, z, depth);
+  const S v = pixel_coordinate(rows + 4, x, y, z, depth);
+  if (!pixel_in_image(u, v, height, width)) return false;
   pixel = int64_t(v) * width + int64_t(u);
   return true;
 }
