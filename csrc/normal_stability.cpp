@@ -1,5 +1,7 @@
 // C++ CPU twin of the CUDA kernels in normal_stability.cu (OpenMP). Every sum has a fixed
 // order, so every result, the gradients included, is bitwise reproducible.
+#include <climits>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -19,132 +21,201 @@ void normals(const NormalStabilityArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SIMD lane loops: kSimdLanes pixels at a time, every step run on every lane and the validity
-// kept as a mask, so the loops vectorise. Loads use indices clamped into the image (invalid
-// lanes read a safe pixel and are masked out); the decisions and values are those of the
-// per-pixel header functions, which the lanes call. They need an image of at least 3 x 3 (a
-// smaller one has no normal at all and takes the per-pixel path).
+// SIMD lane loops. Every step runs on every lane with the validity kept as int32_t 0/1 masks
+// (bool masks do not vectorise), and every load uses an index inside the buffer (invalid lanes
+// are masked out afterwards); the decisions and values are those of the per-pixel header
+// functions, which the lanes call. They need an image of at least 3 x 3 (a smaller one has no
+// normal at all and takes the per-pixel path) with pixel indices that fit int32_t.
 
-inline int64_t clamp_index(int64_t i, int64_t lo, int64_t hi) { return i < lo ? lo : (i > hi ? hi : i); }
+#define VGPA_ALWAYS_INLINE inline __attribute__((always_inline))
 
-template <typename T, typename A>
-struct DepthFrame {
-  const T* p;
-  int64_t sh, sw, height, width;
-  const A* kinv;
-  A at(int64_t x, int64_t y) const { return load_as<A>(p + y * sh + x * sw); }
-};
+// Pixels of one lane loop of the pair passes, a multiple of kSimdLanes.
+constexpr int kBlock = 64;
 
-// surface_normal of pixel (x, y), any (x, y): the mask instead of early returns.
-template <typename T, typename A>
-inline bool lane_normal(const DepthFrame<T, A>& f, int64_t x, int64_t y, SurfaceNormal<A>& s) {
-  const bool inside = (x >= 1) & (y >= 1) & (x <= f.width - 2) & (y <= f.height - 2);
-  const int64_t cx = clamp_index(x, 1, f.width - 2), cy = clamp_index(y, 1, f.height - 2);
-  const A zc = f.at(cx, cy), zl = f.at(cx - 1, cy), zr = f.at(cx + 1, cy);
-  const A zu = f.at(cx, cy - 1), zd = f.at(cx, cy + 1);
-  const bool depths = depth_is_valid(zc) & depth_is_valid(zl) & depth_is_valid(zr) & depth_is_valid(zu) &
-                      depth_is_valid(zd);
-  const A u = A(cx), v = A(cy);
-  const Vec3<A> c = surface_normal_cross(f.kinv, u, v, zl, zr, zu, zd, s);
-  const bool length_ok = surface_normal_length_ok(s);
-  surface_normal_orient(f.kinv, u, v, zc, c, s);
-  return inside & depths & length_ok;
-}
+bool has_normals(const NormalStabilityArgs& a) { return a.height >= 3 && a.width >= 3; }
+bool lane_shape(const NormalStabilityArgs& a) { return has_normals(a) && a.pixels() + kBlock <= INT32_MAX; }
 
-template <typename T, typename A>
-struct PairLanes {
-  DepthFrame<T, A> source, target;
-  const A *rot, *pm;
-  bool warp, occlusion;
-  A occlusion_factor;  // 1 + tol, rounded as normal_stability_pixel does
-
-  PairLanes(const NormalStabilityArgs& a, const PairRow& pair) {
-    const int64_t sh = a.depth_strides[2], sw = a.depth_strides[3];
-    const A* kinv = reinterpret_cast<const A*>(a.inverse_intrinsics);
-    source = {normal_depth_frame<T>(a, pair.b, pair.i), sh, sw, a.height, a.width, kinv + (pair.b * a.frames + pair.i) * 9};
-    target = {normal_depth_frame<T>(a, pair.b, pair.j), sh, sw, a.height, a.width, kinv + (pair.b * a.frames + pair.j) * 9};
-    rot = reinterpret_cast<const A*>(a.rotations) + pair.row * 9;
-    pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
-    warp = a.warp;
-    occlusion = a.occlusion;
-    occlusion_factor = A(1.0 + a.occlusion_tol);
-  }
-
-  // normal_stability_pixel of source pixel (x, y), any (x, y).
-  template <bool Warp, bool Occlusion>
-  bool score(int64_t x, int64_t y, NormalPairPixel<A>& px) const {
-    bool ok = lane_normal(source, x, y, px.source);
-    const A z = px.source.depth;
-    const int64_t height = source.height, width = source.width;
-    int64_t qx = clamp_index(x, 0, width - 1), qy = clamp_index(y, 0, height - 1);
-    if (Warp) {
-      const PixelWarp<A> w = warp_pixel(pm, A(x), A(y), z);
-      ok &= (w.depth > A(0)) & inside_image(w.u, w.v, height, width, true);
-      const A u = ok ? w.u : A(0), v = ok ? w.v : A(0);  // finite and in the image on every lane
-      const BilinearTaps<A> taps = BilinearTaps<A>::at(u, v, height, width);
-      A tap_depth[4];
-#pragma GCC unroll 4
-      for (int k = 0; k < 4; ++k) {
-        const A d = target.at(clamp_index(taps.x(k), 0, width - 1), clamp_index(taps.y(k), 0, height - 1));
-        const bool used = taps.used(k);
-        ok &= !used | depth_is_valid(d);
-        tap_depth[k] = used ? d : A(0);
-      }
-      if (Occlusion) ok &= !(w.depth > occlusion_factor * taps.value(tap_depth));
-      qx = round_half_even_index(u);
-      qy = round_half_even_index(v);
-    } else if (Occlusion) {
-      ok &= !(z > occlusion_factor * target.at(qx, qy));
-    }
-    ok &= lane_normal(target, qx, qy, px.target);
-    px.qx = qx;
-    px.qy = qy;
-    px.rotated = Warp ? matvec3(rot, px.source.n) : px.source.n;
-    px.cosine = dot3(px.rotated, px.target.n);
-    const A clamped = px.cosine < A(-1) ? A(-1) : (px.cosine > A(1) ? A(1) : px.cosine);
-    px.error = A(1) - clamped;
+// Depth row y of a frame as seen by the normal of each pixel x in [1, W-2] of interior row y:
+// zc, zl, zr, zu, zd; Unit: column stride 1 (contiguous loads).
+template <typename T, typename A, bool Unit>
+struct NormalRow {
+  const T* c;
+  int64_t sh, sw;
+  VGPA_ALWAYS_INLINE int64_t at(int32_t x) const { return Unit ? int64_t(x) : x * sw; }
+  // surface_normal of interior pixel (x, y): the mask instead of the early returns.
+  VGPA_ALWAYS_INLINE int32_t normal(const A* kinv, int32_t x, A v, SurfaceNormal<A>& s) const {
+    const int64_t o = at(x);
+    const A zc = load_as<A>(c + o), zl = load_as<A>(c + o - (Unit ? 1 : sw)), zr = load_as<A>(c + o + (Unit ? 1 : sw));
+    const A zu = load_as<A>(c + o - sh), zd = load_as<A>(c + o + sh);
+    int32_t ok = int32_t(depth_is_valid(zc)) & int32_t(depth_is_valid(zl)) & int32_t(depth_is_valid(zr)) &
+                 int32_t(depth_is_valid(zu)) & int32_t(depth_is_valid(zd));
+    const A u = A(x);
+    const Vec3<A> cr = surface_normal_cross(kinv, u, v, zl, zr, zu, zd, s);
+    ok &= int32_t(surface_normal_length_ok(s));
+    surface_normal_orient(kinv, u, v, zc, cr, s);
     return ok;
   }
 };
 
-// Pixel coordinates of items e0, e0 + 1, ... (kSimdLanes of them), stepping along the rows.
-inline void lane_pixels(int64_t e0, int64_t width, int64_t* xs, int64_t* ys) {
-  int64_t y = e0 / width, x = e0 % width;
-  for (int k = 0; k < kSimdLanes; ++k) {
-    xs[k] = x;
-    ys[k] = y;
-    if (++x == width) x = 0, ++y;
+// The normals of one frame once, for every pair that reads it: planes of pixels + kBlock
+// elements (the tail lets a block load past its last pixel): depth, n.x, n.y, n.z as A, and
+// the validity.
+template <typename A>
+struct FramePlanes {
+  A *z, *nx, *ny, *nz;
+  int32_t* ok;
+};
+
+template <typename A>
+struct NormalBuffers {
+  std::vector<A> values;
+  std::vector<int32_t> valid;
+  int64_t stride;
+  explicit NormalBuffers(int64_t frames, int64_t pixels)
+      : values(static_cast<size_t>(frames * 4 * (pixels + kBlock))),
+        valid(static_cast<size_t>(frames * (pixels + kBlock))),
+        stride(pixels + kBlock) {}
+  FramePlanes<A> frame(int64_t f) {
+    A* v = values.data() + f * 4 * stride;
+    return {v, v + stride, v + 2 * stride, v + 3 * stride, valid.data() + f * stride};
+  }
+};
+
+template <typename T, typename A, bool Unit>
+VGPA_ALWAYS_INLINE void normals_row(const NormalStabilityArgs& a, int64_t frame, int64_t y, FramePlanes<A> p) {
+  const int64_t b = frame / a.frames, t = frame % a.frames, width = a.width, e = y * width;
+  const int64_t sh = a.depth_strides[2], sw = a.depth_strides[3];
+  const T* row = normal_depth_frame<T>(a, b, t) + y * sh;
+  for (int64_t x = 0; x < width; ++x) p.z[e + x] = load_as<A>(row + x * sw);
+  A kinv[9];
+  for (int k = 0; k < 9; ++k) kinv[k] = reinterpret_cast<const A*>(a.inverse_intrinsics)[frame * 9 + k];
+  if (y == 0 || y == a.height - 1) {
+    for (int64_t x = 0; x < width; ++x) p.nx[e + x] = p.ny[e + x] = p.nz[e + x] = A(0), p.ok[e + x] = 0;
+    return;
+  }
+  const NormalRow<T, A, Unit> r{row, sh, sw};
+  const A v = A(y);
+  const int32_t last = int32_t(width - 1);
+  A *nx = p.nx + e, *ny = p.ny + e, *nz = p.nz + e;
+  int32_t* ok = p.ok + e;
+  for (int32_t x = 1; x < last; ++x) {
+    SurfaceNormal<A> s;
+    const int32_t valid = r.normal(kinv, x, v, s);
+    nx[x] = s.n.x;
+    ny[x] = s.n.y;
+    nz[x] = s.n.z;
+    ok[x] = valid;
+  }
+  nx[0] = ny[0] = nz[0] = nx[last] = ny[last] = nz[last] = A(0);
+  ok[0] = ok[last] = 0;
+}
+
+// Pair constants of the block loops (copies: the lanes' stores cannot alias them).
+template <typename A>
+struct PairConsts {
+  A rot[9], pm[12];
+  A occlusion_factor;  // 1 + tol, rounded as normal_stability_pixel does
+  int32_t height, width;
+  FramePlanes<A> source, target;
+};
+
+template <typename A>
+struct PairLanes {
+  A x[kBlock], y[kBlock], error[kBlock], cosine[kBlock];
+  Vec3<A> rotated[kBlock], target[kBlock];  // used by the backward only
+  int32_t q[kBlock], ok[kBlock];
+};
+
+// normal_stability_pixel of the pixels e .. e + n - 1 (n <= kBlock) of one pair, (x, y) the
+// first one's column and row.
+template <typename A, bool Warp, bool Occlusion, bool Grad>
+VGPA_ALWAYS_INLINE void score_block(const PairConsts<A>& g, int32_t e, int32_t x, int32_t y, int n, PairLanes<A>& L) {
+  for (int l = 0; l < kBlock; ++l) {
+    L.x[l] = A(x);
+    L.y[l] = A(y);
+    if (++x == g.width) x = 0, ++y;
+  }
+  const int32_t height = g.height, width = g.width, last_x = width - 1, last_y = height - 1;
+  const FramePlanes<A> s = g.source, t = g.target;
+  for (int l = 0; l < kBlock; ++l) {
+    const int32_t p = e + l;  // < pixels + kBlock: in the planes
+    int32_t ok = int32_t(l < n) & s.ok[p];
+    const A z = s.z[p];
+    const Vec3<A> n_source = {s.nx[p], s.ny[p], s.nz[p]};
+    int32_t q = ok ? p : 0;
+    if (Warp) {
+      const PixelWarp<A> w = warp_pixel(g.pm, L.x[l], L.y[l], ok ? z : A(1));
+      ok &= int32_t(w.depth > A(0)) & int32_t(inside_image(w.u, w.v, g.height, g.width, true));
+      const A u = ok ? w.u : A(0), v = ok ? w.v : A(0);
+      int32_t x0, y0, used[4];
+      A wx, wy, weight[4];
+      bilinear_taps(u, v, height, width, x0, y0, wx, wy, weight, used);
+      const int32_t x1 = x0 < last_x ? x0 + 1 : last_x, y1 = y0 < last_y ? y0 + 1 : last_y;
+      const A d0 = t.z[y0 * width + x0], d1 = t.z[y0 * width + x1], d2 = t.z[y1 * width + x0], d3 = t.z[y1 * width + x1];
+      ok &= (~used[0] | int32_t(depth_is_valid(d0))) & (~used[1] | int32_t(depth_is_valid(d1))) &
+            (~used[2] | int32_t(depth_is_valid(d2))) & (~used[3] | int32_t(depth_is_valid(d3)));
+      const A tap[4] = {used[0] ? d0 : A(0), used[1] ? d1 : A(0), used[2] ? d2 : A(0), used[3] ? d3 : A(0)};
+      if (Occlusion) ok &= ~int32_t(w.depth > g.occlusion_factor * bilinear_value(weight, tap));
+      q = round_half_even_index<A, int32_t>(v) * width + round_half_even_index<A, int32_t>(u);
+    } else if (Occlusion) {
+      ok &= ~int32_t(z > g.occlusion_factor * t.z[q]);
+    }
+    ok &= t.ok[q];
+    const Vec3<A> n_target = {t.nx[q], t.ny[q], t.nz[q]};
+    const Vec3<A> rotated = Warp ? matvec3(g.rot, n_source) : n_source;
+    const A cosine = dot3(rotated, n_target);
+    const A error = cosine_error(cosine);
+    L.error[l] = ok ? error : A(0);
+    L.ok[l] = ok;
+    if (Grad) {
+      L.q[l] = q;
+      L.cosine[l] = cosine;
+      L.rotated[l] = rotated;
+      L.target[l] = n_target;
+    }
   }
 }
 
-// One forward job: pixels [begin, end) of one row; partial sums per lane (item - begin) %
-// kSimdLanes, added up in lane order at the end.
-template <typename T, bool Warp, bool Occlusion>
-inline void forward_chunk_lanes(const NormalStabilityArgs& a, const PairChunk& c, typename Acc<T>::type* partial) {
-  using A = typename Acc<T>::type;
-  const PairLanes<T, A> lanes(a, c.pair);
+template <typename A>
+PairConsts<A> pair_consts(const NormalStabilityArgs& a, const PairRow& pair, NormalBuffers<A>& buffers) {
+  PairConsts<A> g;
+  const A* rot = reinterpret_cast<const A*>(a.rotations) + pair.row * 9;
+  const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
+  for (int k = 0; k < 9; ++k) g.rot[k] = rot[k];
+  for (int k = 0; k < 12; ++k) g.pm[k] = pm[k];
+  g.occlusion_factor = A(1.0 + a.occlusion_tol);
+  g.height = int32_t(a.height);
+  g.width = int32_t(a.width);
+  g.source = buffers.frame(pair.b * a.frames + pair.i);
+  g.target = buffers.frame(pair.b * a.frames + pair.j);
+  return g;
+}
+
+// One forward job. Lane l of a block adds into partial sum l % kSimdLanes: blocks start at the
+// chunk's start plus a multiple of kBlock, so a pixel's lane is its position in the chunk
+// modulo kSimdLanes whatever the vector width; the lanes are combined in a fixed order.
+template <typename A, bool Warp, bool Occlusion>
+VGPA_ALWAYS_INLINE void forward_chunk_blocks(const NormalStabilityArgs& a, const PairChunk& c, NormalBuffers<A>& buffers,
+                                             A* partial) {
+  const PairConsts<A> g = pair_consts(a, c.pair, buffers);
   const int64_t pixels = a.pixels();
   A* error_map = reinterpret_cast<A*>(a.error_map);
   uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
   A sums[kSimdLanes] = {}, counts[kSimdLanes] = {};
-  for (int64_t e0 = c.begin; e0 < c.end; e0 += kSimdLanes) {
-    int64_t xs[kSimdLanes], ys[kSimdLanes];
-    lane_pixels(e0, a.width, xs, ys);
-    const int64_t n = c.end - e0 < kSimdLanes ? c.end - e0 : kSimdLanes;
-    A errors[kSimdLanes];
-    bool valid[kSimdLanes];
-    for (int k = 0; k < kSimdLanes; ++k) {
-      NormalPairPixel<A> px;
-      const bool ok = lanes.template score<Warp, Occlusion>(xs[k], ys[k], px) & (k < n);
-      errors[k] = ok ? px.error : A(0);
-      valid[k] = ok;
-      sums[k] += errors[k];
-      counts[k] += ok ? A(1) : A(0);
-    }
+  PairLanes<A> L;
+  for (int64_t e = c.begin; e < c.end; e += kBlock) {
+    const int n = int(c.end - e < kBlock ? c.end - e : kBlock);
+    score_block<A, Warp, Occlusion, false>(g, int32_t(e), int32_t(e % a.width), int32_t(e / a.width), n, L);
+    for (int base = 0; base < kBlock; base += kSimdLanes)
+      for (int k = 0; k < kSimdLanes; ++k) {
+        sums[k] += L.error[base + k];
+        counts[k] += L.ok[base + k] != 0 ? A(1) : A(0);
+      }
     if (error_map) {
-      for (int64_t k = 0; k < n; ++k) {
-        error_map[c.pair.row * pixels + e0 + k] = errors[k];
-        valid_mask[c.pair.row * pixels + e0 + k] = valid[k];
+      const int64_t index = c.pair.row * pixels + e;
+      for (int l = 0; l < n; ++l) {
+        error_map[index + l] = L.error[l];
+        valid_mask[index + l] = uint8_t(L.ok[l]);
       }
     }
   }
@@ -154,136 +225,145 @@ inline void forward_chunk_lanes(const NormalStabilityArgs& a, const PairChunk& c
   partial[1] = count;
 }
 
-template <typename T>
-inline void forward_chunk_any(const NormalStabilityArgs& a, const PairChunk& c, typename Acc<T>::type* partial) {
-  if (a.warp)
-    a.occlusion ? forward_chunk_lanes<T, true, true>(a, c, partial) : forward_chunk_lanes<T, true, false>(a, c, partial);
-  else
-    a.occlusion ? forward_chunk_lanes<T, false, true>(a, c, partial) : forward_chunk_lanes<T, false, false>(a, c, partial);
-}
-
-// What one (row, pixel) of the backward adds: d loss / d n_i(p) at the source pixel and
-// d loss / d n_j(q) at the target pixel q; q = -1 when the pixel adds nothing (no upstream
-// gradient or not valid).
+// The backward's work items, structure of arrays: d loss / d n_i(p) (source) and d loss /
+// d n_j(q) (target) of each; q = -1 when the item adds nothing (no upstream gradient or not
+// valid).
 template <typename A>
-struct PairPixelGrad {
-  Vec3<A> source, target;
-  int64_t q;
+struct PairGrads {
+  std::vector<A> v;
+  std::vector<int32_t> q;
+  int64_t size;
+  explicit PairGrads(int64_t n) : v(static_cast<size_t>(6 * n)), q(static_cast<size_t>(n)), size(n) {}
+  A* plane(int c) { return v.data() + c * size; }
 };
 
-// Backward items [first, first + n) (n <= kSimdLanes) of one row, from pixel e0.
-template <typename T, bool Warp, bool Occlusion>
-inline void backward_lanes(const NormalStabilityArgs& a, const PairRow& pair, int64_t e0, int64_t n,
-                           PairPixelGrad<typename Acc<T>::type>* out) {
-  using A = typename Acc<T>::type;
-  const PairLanes<T, A> lanes(a, pair);
+// Backward items of pixels e .. e + n - 1 of one pair into the buffer at out.
+template <typename A, bool Warp, bool Occlusion>
+VGPA_ALWAYS_INLINE void backward_blocks(const NormalStabilityArgs& a, const PairRow& pair, int64_t e, int64_t n,
+                                        NormalBuffers<A>& buffers, PairGrads<A>& grads, int64_t out) {
+  const PairConsts<A> g = pair_consts(a, pair, buffers);
   const A* grad_error = reinterpret_cast<const A*>(a.grad_error);
   const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
   const int64_t pixels = a.pixels();
-  int64_t xs[kSimdLanes], ys[kSimdLanes];
-  lane_pixels(e0, a.width, xs, ys);
-  A gs[kSimdLanes];
-  for (int k = 0; k < kSimdLanes; ++k) gs[k] = grad_map ? pixel_grad(grad_error, grad_map, pair.row, pixels, e0 + (k < n ? k : 0)) : grad_error[pair.row];
-  Vec3<A> src[kSimdLanes], tgt[kSimdLanes];
-  int64_t qs[kSimdLanes];
-  for (int k = 0; k < kSimdLanes; ++k) {
-    NormalPairPixel<A> px;
-    const bool ok = lanes.template score<Warp, Occlusion>(xs[k], ys[k], px) & (gs[k] != A(0));
-    normal_stability_pixel_grad(a, lanes.rot, px, gs[k], src[k], tgt[k]);
-    qs[k] = ok ? px.qy * a.width + px.qx : -1;
+  A* sx = grads.plane(0), *sy = grads.plane(1), *sz = grads.plane(2);
+  A* tx = grads.plane(3), *ty = grads.plane(4), *tz = grads.plane(5);
+  int32_t* qs = grads.q.data();
+  PairLanes<A> L;
+  A gs[kBlock];
+  for (int64_t k = 0; k < n; k += kBlock) {
+    const int m = int(n - k < kBlock ? n - k : kBlock);
+    const int64_t p = e + k;
+    score_block<A, Warp, Occlusion, true>(g, int32_t(p), int32_t(p % a.width), int32_t(p / a.width), m, L);
+    for (int l = 0; l < kBlock; ++l) gs[l] = l < m ? pixel_grad(grad_error, grad_map, pair.row, pixels, p + l) : A(0);
+    const int64_t o = out + k;
+    for (int l = 0; l < m; ++l) {
+      Vec3<A> src, tgt;
+      cosine_grad(Warp, g.rot, L.rotated[l], L.target[l], L.cosine[l], gs[l], src, tgt);
+      sx[o + l] = src.x, sy[o + l] = src.y, sz[o + l] = src.z;
+      tx[o + l] = tgt.x, ty[o + l] = tgt.y, tz[o + l] = tgt.z;
+      qs[o + l] = L.ok[l] & int32_t(gs[l] != A(0)) ? L.q[l] : -1;
+    }
   }
-  for (int64_t k = 0; k < n; ++k) out[k] = {src[k], tgt[k], qs[k]};
 }
 
-template <typename T>
-inline void backward_lanes_any(const NormalStabilityArgs& a, const PairRow& pair, int64_t e0, int64_t n,
-                               PairPixelGrad<typename Acc<T>::type>* out) {
-  if (a.warp)
-    a.occlusion ? backward_lanes<T, true, true>(a, pair, e0, n, out) : backward_lanes<T, true, false>(a, pair, e0, n, out);
-  else
-    a.occlusion ? backward_lanes<T, false, true>(a, pair, e0, n, out) : backward_lanes<T, false, false>(a, pair, e0, n, out);
-}
-
-// depth_to_normals backward, first pass over kSimdLanes pixels of frame from pixel e0 (n of
-// them): normal_difference_grads into six planes (d_u xyz, d_v xyz) of pixels elements.
-template <typename T>
-inline void difference_grads_lanes(const NormalStabilityArgs& a, int64_t frame, int64_t e0, int64_t n,
-                                   typename Acc<T>::type* planes) {
-  using A = typename Acc<T>::type;
-  const int64_t pixels = a.pixels(), b = frame / a.frames, t = frame % a.frames;
-  const DepthFrame<T, A> f = {normal_depth_frame<T>(a, b, t), a.depth_strides[2], a.depth_strides[3], a.height,
-                              a.width, reinterpret_cast<const A*>(a.inverse_intrinsics) + frame * 9};
-  const A* g = reinterpret_cast<const A*>(a.grad_normals) + frame * 3 * pixels;
-  int64_t xs[kSimdLanes], ys[kSimdLanes];
-  lane_pixels(e0, a.width, xs, ys);
-  A out[6][kSimdLanes];
-  for (int k = 0; k < kSimdLanes; ++k) {
-    const int64_t e = e0 + (k < n ? k : 0);
-    const Vec3<A> up = {g[e], g[pixels + e], g[2 * pixels + e]};
+// depth_to_normals backward, first pass over interior row y of a frame: normal_difference_grads
+// into six planes (d_u xyz, d_v xyz) of pixels elements; the border pixels have no normal.
+template <typename T, typename A, bool Unit>
+VGPA_ALWAYS_INLINE void difference_grads_row(const NormalStabilityArgs& a, int64_t frame, int64_t y, A* planes) {
+  const int64_t pixels = a.pixels(), width = a.width, e = y * width;
+  A* out[6];
+  for (int c = 0; c < 6; ++c) out[c] = planes + c * pixels + e;
+  if (y == 0 || y == a.height - 1) {
+    for (int c = 0; c < 6; ++c)
+      for (int64_t x = 0; x < width; ++x) out[c][x] = A(0);
+    return;
+  }
+  A kinv[9];
+  for (int k = 0; k < 9; ++k) kinv[k] = reinterpret_cast<const A*>(a.inverse_intrinsics)[frame * 9 + k];
+  const int64_t sh = a.depth_strides[2], sw = a.depth_strides[3];
+  const NormalRow<T, A, Unit> r{normal_depth_frame<T>(a, frame / a.frames, frame % a.frames) + y * sh, sh, sw};
+  const A* g = reinterpret_cast<const A*>(a.grad_normals) + frame * 3 * pixels + e;
+  const A v = A(y);
+  const int32_t last = int32_t(width - 1);
+  A *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3], *o4 = out[4], *o5 = out[5];
+  for (int32_t x = 1; x < last; ++x) {
+    const Vec3<A> up = {g[x], g[pixels + x], g[2 * pixels + x]};
     SurfaceNormal<A> s;
-    const bool ok = lane_normal(f, xs[k], ys[k], s) & !((up.x == A(0)) & (up.y == A(0)) & (up.z == A(0)));
+    const int32_t ok = r.normal(kinv, x, v, s) & ~(int32_t(up.x == A(0)) & int32_t(up.y == A(0)) & int32_t(up.z == A(0)));
     Vec3<A> da, db;
     surface_normal_pullback(s, up, da, db);
-    out[0][k] = ok ? da.x : A(0);
-    out[1][k] = ok ? da.y : A(0);
-    out[2][k] = ok ? da.z : A(0);
-    out[3][k] = ok ? db.x : A(0);
-    out[4][k] = ok ? db.y : A(0);
-    out[5][k] = ok ? db.z : A(0);
+    o0[x] = ok ? da.x : A(0);
+    o1[x] = ok ? da.y : A(0);
+    o2[x] = ok ? da.z : A(0);
+    o3[x] = ok ? db.x : A(0);
+    o4[x] = ok ? db.y : A(0);
+    o5[x] = ok ? db.z : A(0);
   }
-  for (int c = 0; c < 6; ++c)
-    for (int64_t k = 0; k < n; ++k) planes[c * pixels + e0 + k] = out[c][k];
+  for (int c = 0; c < 6; ++c) out[c][0] = out[c][last] = A(0);
 }
 
 // Second pass: gather_depth_grad over the planes. A neighbour outside the image adds an exact
 // 0: the total starts at +0 and can never become -0, so adding or subtracting a zero part
 // changes no bit, as skipping it does.
 template <typename A>
-inline void gather_lanes(const NormalStabilityArgs& a, int64_t frame, int64_t e0, int64_t n, const A* planes,
-                         A* grad_depth) {
+VGPA_ALWAYS_INLINE A gather_pixel(const NormalStabilityArgs& a, const A* kinv, int64_t x, int64_t y, const A* planes) {
   const int64_t pixels = a.pixels(), width = a.width, height = a.height;
-  const A* kinv = reinterpret_cast<const A*>(a.inverse_intrinsics) + frame * 9;
-  int64_t xs[kSimdLanes], ys[kSimdLanes];
-  lane_pixels(e0, width, xs, ys);
-  A out[kSimdLanes];
-  for (int k = 0; k < kSimdLanes; ++k) {
-    const int64_t x = xs[k], y = ys[k];
-    const int64_t nx[4] = {x - 1, x + 1, x, x};
-    const int64_t ny[4] = {y, y, y - 1, y + 1};
-    Vec3<A> total = {A(0), A(0), A(0)};
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j) {
-      const bool inside = (nx[j] >= 0) & (nx[j] < width) & (ny[j] >= 0) & (ny[j] < height);
-      const int64_t e = clamp_index(ny[j], 0, height - 1) * width + clamp_index(nx[j], 0, width - 1);
-      const A* p = planes + (j < 2 ? 0 : 3) * pixels + e;
-      const A px = p[0], py = p[pixels], pz = p[2 * pixels];  // always in the buffer: loaded, then selected
-      const Vec3<A> part = {inside ? px : A(0), inside ? py : A(0), inside ? pz : A(0)};
-      total = (j & 1) ? sub3(total, part) : Vec3<A>{total.x + part.x, total.y + part.y, total.z + part.z};
-    }
-    out[k] = dot3(unproject(kinv, A(x), A(y), A(1)), total);
+  const int64_t nx[4] = {x - 1, x + 1, x, x};
+  const int64_t ny[4] = {y, y, y - 1, y + 1};
+  Vec3<A> total = {A(0), A(0), A(0)};
+  for (int j = 0; j < 4; ++j) {
+    if (nx[j] < 0 || nx[j] >= width || ny[j] < 0 || ny[j] >= height) continue;
+    const A* p = planes + (j < 2 ? 0 : 3) * pixels + ny[j] * width + nx[j];
+    const Vec3<A> part = {p[0], p[pixels], p[2 * pixels]};
+    total = (j & 1) ? sub3(total, part) : Vec3<A>{total.x + part.x, total.y + part.y, total.z + part.z};
   }
-  for (int64_t k = 0; k < n; ++k) grad_depth[e0 + k] = out[k];
+  return dot3(unproject(kinv, A(x), A(y), A(1)), total);
+}
+
+// Row y; the columns 1 .. W-2 as a lane loop (rows above and below the image are selected
+// away whole).
+template <typename A>
+VGPA_ALWAYS_INLINE void gather_row(const NormalStabilityArgs& a, int64_t frame, int64_t y, const A* planes,
+                                   A* grad_depth) {
+  const int64_t pixels = a.pixels(), width = a.width, e = y * width;
+  A kinv[9];
+  for (int k = 0; k < 9; ++k) kinv[k] = reinterpret_cast<const A*>(a.inverse_intrinsics)[frame * 9 + k];
+  A* out = grad_depth + e;
+  const bool has_up = y > 0, has_down = y < a.height - 1;
+  const A *ax = planes + e, *ay = ax + pixels, *az = ay + pixels;
+  const A *ux = planes + 3 * pixels + (has_up ? e - width : e), *uy = ux + pixels, *uz = uy + pixels;
+  const A *dx = planes + 3 * pixels + (has_down ? e + width : e), *dy = dx + pixels, *dz = dy + pixels;
+  const A v = A(y);
+  const int32_t last = int32_t(width - 1);
+  for (int32_t x = 1; x < last; ++x) {
+    Vec3<A> total = {A(0) + ax[x - 1], A(0) + ay[x - 1], A(0) + az[x - 1]};
+    total = sub3(total, Vec3<A>{ax[x + 1], ay[x + 1], az[x + 1]});
+    const Vec3<A> up = {has_up ? ux[x] : A(0), has_up ? uy[x] : A(0), has_up ? uz[x] : A(0)};
+    total = Vec3<A>{total.x + up.x, total.y + up.y, total.z + up.z};
+    const Vec3<A> down = {has_down ? dx[x] : A(0), has_down ? dy[x] : A(0), has_down ? dz[x] : A(0)};
+    total = sub3(total, down);
+    out[x] = dot3(unproject(kinv, A(x), v, A(1)), total);
+  }
+  out[0] = gather_pixel(a, kinv, 0, y, planes);
+  out[last] = gather_pixel(a, kinv, last, y, planes);
 }
 
 // The cloned entry points, one per storage type; flatten inlines the per-lane header functions
 // (else too large to inline), without which the lane loops cannot vectorise.
 #define VGPA_LANE_ENTRY VGPA_CPU_SIMD_CLONES __attribute__((flatten))
 #define VGPA_NORMAL_LANES(T)                                                                                       \
-  VGPA_LANE_ENTRY void forward_chunk(const NormalStabilityArgs& a, const PairChunk& c, Acc<T>::type* partial, \
-                                          T*) {                                                                    \
-    forward_chunk_any<T>(a, c, partial);                                                                           \
+  VGPA_LANE_ENTRY void normals_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,       \
+                                    FramePlanes<Acc<T>::type> p, T*) {                                             \
+    const bool unit = a.depth_strides[3] == 1;                                                                     \
+    for (int64_t y = begin; y < end; ++y)                                                                          \
+      unit ? normals_row<T, Acc<T>::type, true>(a, frame, y, p) : normals_row<T, Acc<T>::type, false>(a, frame, y, p); \
   }                                                                                                                \
-  VGPA_LANE_ENTRY void backward_block(const NormalStabilityArgs& a, PairRow pair, int64_t e, int64_t n,       \
-                                           PairPixelGrad<Acc<T>::type>* out, T*) {                                 \
-    for (int64_t k = 0; k < n; k += kSimdLanes) {                                                                  \
-      const int64_t m = n - k < kSimdLanes ? n - k : kSimdLanes;                                                   \
-      backward_lanes_any<T>(a, pair, e + k, m, out + k);                                                           \
-    }                                                                                                              \
-  }                                                                                                                \
-  VGPA_LANE_ENTRY void difference_grads_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin,      \
-                                                  int64_t end, Acc<T>::type* planes, T*) {                         \
-    for (int64_t e = begin; e < end; e += kSimdLanes)                                                              \
-      difference_grads_lanes<T>(a, frame, e, end - e < kSimdLanes ? end - e : kSimdLanes, planes);                 \
+  VGPA_LANE_ENTRY void difference_grads_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin,           \
+                                             int64_t end, Acc<T>::type* planes, T*) {                              \
+    const bool unit = a.depth_strides[3] == 1;                                                                     \
+    for (int64_t y = begin; y < end; ++y)                                                                          \
+      unit ? difference_grads_row<T, Acc<T>::type, true>(a, frame, y, planes)                                      \
+           : difference_grads_row<T, Acc<T>::type, false>(a, frame, y, planes);                                    \
   }
 VGPA_NORMAL_LANES(float)
 VGPA_NORMAL_LANES(double)
@@ -291,40 +371,68 @@ VGPA_NORMAL_LANES(Half)
 VGPA_NORMAL_LANES(BFloat16)
 #undef VGPA_NORMAL_LANES
 
-#define VGPA_GATHER_LANES(A)                                                                                      \
-  VGPA_LANE_ENTRY void gather_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,  \
-                                        const A* planes, A* grad_depth) {                                         \
-    for (int64_t e = begin; e < end; e += kSimdLanes)                                                             \
-      gather_lanes<A>(a, frame, e, end - e < kSimdLanes ? end - e : kSimdLanes, planes, grad_depth);              \
+#define VGPA_PAIR_LANES(A)                                                                                         \
+  VGPA_LANE_ENTRY void forward_chunk(const NormalStabilityArgs& a, const PairChunk& c, NormalBuffers<A>& buffers,  \
+                                     A* partial) {                                                                 \
+    if (a.warp)                                                                                                    \
+      a.occlusion ? forward_chunk_blocks<A, true, true>(a, c, buffers, partial)                                    \
+                  : forward_chunk_blocks<A, true, false>(a, c, buffers, partial);                                  \
+    else                                                                                                           \
+      a.occlusion ? forward_chunk_blocks<A, false, true>(a, c, buffers, partial)                                   \
+                  : forward_chunk_blocks<A, false, false>(a, c, buffers, partial);                                 \
+  }                                                                                                                \
+  VGPA_LANE_ENTRY void backward_items(const NormalStabilityArgs& a, const PairRow& pair, int64_t e, int64_t n,     \
+                                      NormalBuffers<A>& buffers, PairGrads<A>& grads, int64_t out) {               \
+    if (a.warp)                                                                                                    \
+      a.occlusion ? backward_blocks<A, true, true>(a, pair, e, n, buffers, grads, out)                             \
+                  : backward_blocks<A, true, false>(a, pair, e, n, buffers, grads, out);                           \
+    else                                                                                                           \
+      a.occlusion ? backward_blocks<A, false, true>(a, pair, e, n, buffers, grads, out)                            \
+                  : backward_blocks<A, false, false>(a, pair, e, n, buffers, grads, out);                          \
+  }                                                                                                                \
+  VGPA_LANE_ENTRY void gather_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,        \
+                                   const A* planes, A* grad_depth) {                                               \
+    for (int64_t y = begin; y < end; ++y) gather_row<A>(a, frame, y, planes, grad_depth);                          \
   }
-VGPA_GATHER_LANES(float)
-VGPA_GATHER_LANES(double)
-#undef VGPA_GATHER_LANES
+VGPA_PAIR_LANES(float)
+VGPA_PAIR_LANES(double)
+#undef VGPA_PAIR_LANES
 #undef VGPA_LANE_ENTRY
 
-bool has_normals(const NormalStabilityArgs& a) { return a.height >= 3 && a.width >= 3; }
+// Rows of one frame per job of the row passes.
+int64_t rows_per_job(int64_t width) { return width >= 4096 ? 1 : 4096 / width; }
 
-// Pixels of one frame per job of the lane passes.
-constexpr int64_t kNormalsJob = 4096;
+// The normals of every frame into the buffers.
+template <typename T>
+void normals_pass(const NormalStabilityArgs& a, NormalBuffers<typename Acc<T>::type>& buffers) {
+  const int64_t frames = a.batch * a.frames, rows = rows_per_job(a.width);
+  const int64_t per_frame = (a.height + rows - 1) / rows, jobs = frames * per_frame;
+#pragma omp parallel for schedule(static)
+  for (int64_t job = 0; job < jobs; ++job) {
+    const int64_t frame = job / per_frame, begin = (job % per_frame) * rows;
+    const int64_t end = begin + rows < a.height ? begin + rows : a.height;
+    normals_rows(a, frame, begin, end, buffers.frame(frame), static_cast<T*>(nullptr));
+  }
+}
 
 // normals_backward's two passes as lane loops, the pulled-back gradients in six planes a frame.
 template <typename T>
 void normals_backward_lanes(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
-  const int64_t pixels = a.pixels(), frames = a.batch * a.frames;
-  const int64_t per_frame = (pixels + kNormalsJob - 1) / kNormalsJob, jobs = frames * per_frame;
+  const int64_t pixels = a.pixels(), frames = a.batch * a.frames, rows = rows_per_job(a.width);
+  const int64_t per_frame = (a.height + rows - 1) / rows, jobs = frames * per_frame;
   std::vector<A> planes(static_cast<size_t>(frames * 6 * pixels));
   A* grad_depth = reinterpret_cast<A*>(a.grad_depth);
 #pragma omp parallel for schedule(static)
   for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t frame = job / per_frame, begin = (job % per_frame) * kNormalsJob;
-    const int64_t end = begin + kNormalsJob < pixels ? begin + kNormalsJob : pixels;
+    const int64_t frame = job / per_frame, begin = (job % per_frame) * rows;
+    const int64_t end = begin + rows < a.height ? begin + rows : a.height;
     difference_grads_rows(a, frame, begin, end, planes.data() + frame * 6 * pixels, static_cast<T*>(nullptr));
   }
 #pragma omp parallel for schedule(static)
   for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t frame = job / per_frame, begin = (job % per_frame) * kNormalsJob;
-    const int64_t end = begin + kNormalsJob < pixels ? begin + kNormalsJob : pixels;
+    const int64_t frame = job / per_frame, begin = (job % per_frame) * rows;
+    const int64_t end = begin + rows < a.height ? begin + rows : a.height;
     gather_rows(a, frame, begin, end, planes.data() + frame * 6 * pixels, grad_depth + frame * pixels);
   }
 }
@@ -336,7 +444,7 @@ void normals_backward_lanes(const NormalStabilityArgs& a) {
 template <typename T>
 void normals_backward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
-  if (has_normals(a)) {
+  if (lane_shape(a)) {
     normals_backward_lanes<T>(a);
     return;
   }
@@ -372,15 +480,19 @@ void forward(const NormalStabilityArgs& a) {
   using A = typename Acc<T>::type;
   const int64_t jobs = a.batch * a.pairs * a.chunks, pixels = a.pixels();
   A* partials = reinterpret_cast<A*>(a.partials);
-
+  if (lane_shape(a)) {
+    NormalBuffers<A> buffers(a.batch * a.frames, pixels);
+    normals_pass<T>(a, buffers);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t job = 0; job < jobs; ++job)
+      forward_chunk(a, PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels, reinterpret_cast<const int64_t*>(a.pair_frames)),
+                    buffers, partials + job * 2);
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t job = 0; job < jobs; ++job) {
     const PairChunk c = PairChunk::at(job, a.chunks, a.chunk, a.pairs, pixels,
                                       reinterpret_cast<const int64_t*>(a.pair_frames));
-    if (has_normals(a)) {
-      forward_chunk(a, c, partials + job * 2, static_cast<T*>(nullptr));
-      continue;
-    }
     const A* rot = reinterpret_cast<const A*>(a.rotations) + c.pair.row * 9;
     const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + c.pair.row * 12;
     NormalPairPixel<A> px;
@@ -415,7 +527,13 @@ void backward(const NormalStabilityArgs& a) {
   const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
   const A* grad_error = reinterpret_cast<const A*>(a.grad_error);
   const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
-  std::vector<PairPixelGrad<A>> buffer(static_cast<size_t>(items < kBackwardGroup ? items : kBackwardGroup));
+  const bool lanes = lane_shape(a);
+  NormalBuffers<A> buffers(lanes ? frames_total : 0, pixels);
+  if (lanes) normals_pass<T>(a, buffers);
+  PairGrads<A> grads(items < kBackwardGroup ? items : kBackwardGroup);
+  A *sx = grads.plane(0), *sy = grads.plane(1), *sz = grads.plane(2);
+  A *tx = grads.plane(3), *ty = grads.plane(4), *tz = grads.plane(5);
+  int32_t* qs = grads.q.data();
 
   for (int64_t begin = 0; begin < items; begin += kBackwardGroup) {
     const int64_t end = begin + kBackwardGroup < items ? begin + kBackwardGroup : items;
@@ -424,11 +542,10 @@ void backward(const NormalStabilityArgs& a) {
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t first = begin + block * kBackwardBlock;
       const int64_t last = first + kBackwardBlock < end ? first + kBackwardBlock : end;
-      if (has_normals(a)) {
+      if (lanes) {
         for (int64_t item = first; item < last;) {
           const int64_t e = item % pixels, n = last - item < pixels - e ? last - item : pixels - e;
-          backward_block(a, PairRow::at(item / pixels, a.pairs, pair_frames), e, n, &buffer[item - begin],
-                         static_cast<T*>(nullptr));
+          backward_items(a, PairRow::at(item / pixels, a.pairs, pair_frames), e, n, buffers, grads, item - begin);
           item += n;
         }
         continue;
@@ -440,33 +557,35 @@ void backward(const NormalStabilityArgs& a) {
           e = 0;
           pair = PairRow::at(pair.row + 1, a.pairs, pair_frames);
         }
-        PairPixelGrad<A>& out = buffer[item - begin];
-        out.q = -1;
+        const int64_t o = item - begin;
+        qs[o] = -1;
         const A g = pixel_grad(grad_error, grad_map, pair.row, pixels, e);
         if (g == A(0)) continue;
         const A* rot = reinterpret_cast<const A*>(a.rotations) + pair.row * 9;
         const A* pm = reinterpret_cast<const A*>(a.pair_matrices) + pair.row * 12;
         if (!normal_stability_pixel<T, A>(a, pair.b, pair.i, pair.j, rot, pm, e / a.width, e % a.width, px)) continue;
-        normal_stability_pixel_grad(a, rot, px, g, out.source, out.target);
-        out.q = px.qy * a.width + px.qx;
+        Vec3<A> src, tgt;
+        normal_stability_pixel_grad(a, rot, px, g, src, tgt);
+        sx[o] = src.x, sy[o] = src.y, sz[o] = src.z, tx[o] = tgt.x, ty[o] = tgt.y, tz[o] = tgt.z;
+        qs[o] = int32_t(px.qy * a.width + px.qx);
       }
     }
     replay_group_by_frame(begin, end, a.frames, frames_total, a.pairs, pixels, pair_frames,
                           [&](int64_t frame, int64_t t, const PairRow& pair, int64_t first, int64_t last) {
       A* out = reinterpret_cast<A*>(a.grad_normals) + frame * 3 * pixels;
       for (int64_t item = first; item < last; ++item) {
-        const PairPixelGrad<A>& in = buffer[item - begin];
-        if (in.q < 0) continue;
+        const int64_t o = item - begin, q = qs[o];
+        if (q < 0) continue;
         if (pair.i == t) {
           const int64_t e = item - pair.row * pixels;
-          out[e] += in.source.x;
-          out[pixels + e] += in.source.y;
-          out[2 * pixels + e] += in.source.z;
+          out[e] += sx[o];
+          out[pixels + e] += sy[o];
+          out[2 * pixels + e] += sz[o];
         }
         if (pair.j == t) {
-          out[in.q] += in.target.x;
-          out[pixels + in.q] += in.target.y;
-          out[2 * pixels + in.q] += in.target.z;
+          out[q] += tx[o];
+          out[pixels + q] += ty[o];
+          out[2 * pixels + q] += tz[o];
         }
       }
     });

@@ -74,14 +74,13 @@ VGPA_HD A sqrt_of(A x) {
 
 // Nearest integer of x >= 0, ties to even. Written with floor and an exact fraction (x - floor(x)
 // is exact for x >= 0), unlike floor(x + 0.5), which rounds 0.49999997f up.
-template <typename A>
-VGPA_HD int64_t round_half_even_index(A x) {
+// I: the index type (int32_t in the host's lane loops, where it vectorises).
+template <typename A, typename I = int64_t>
+VGPA_HD I round_half_even_index(A x) {
   const A f = floor_of(x);
   const A frac = x - f;
-  const int64_t i = static_cast<int64_t>(f);
-  if (frac > A(0.5)) return i + 1;
-  if (frac < A(0.5)) return i;
-  return i + (i & 1);
+  const I i = static_cast<I>(f);
+  return frac > A(0.5) ? i + 1 : (frac < A(0.5) ? i : i + (i & 1));
 }
 
 // The normal of one pixel by central differences of the unprojected points (DESIGN 3.2):
@@ -228,6 +227,11 @@ struct NormalPairPixel {
   A cosine, error;
 };
 
+template <typename A>
+VGPA_HD A cosine_error(A cosine) {
+  return A(1) - (cosine < A(-1) ? A(-1) : (cosine > A(1) ? A(1) : cosine));
+}
+
 // Scores source pixel (x, y) of frame i against frame j; false when it is not valid (no source
 // normal, strict warp validity of DESIGN 3.1 fails, occluded, or no target normal at q).
 template <typename T, typename A>
@@ -260,18 +264,22 @@ VGPA_HD bool normal_stability_pixel(const NormalStabilityArgs& a, int64_t b, int
   if (!frame_normal<T, A>(a, b, j, px.qx, px.qy, px.target)) return false;
   px.rotated = a.warp ? matvec3(rot, px.source.n) : px.source.n;
   px.cosine = dot3(px.rotated, px.target.n);
-  const A clamped = px.cosine < A(-1) ? A(-1) : (px.cosine > A(1) ? A(1) : px.cosine);
-  px.error = A(1) - clamped;
+  px.error = cosine_error(px.cosine);
   return true;
 }
 
 // d error / d n_i(p) and d error / d n_j(q), times g (the clamp passes the gradient on [-1, 1]).
 template <typename A>
+VGPA_HD void cosine_grad(bool warp, const A* rot, Vec3<A> rotated, Vec3<A> target, A cosine, A g, Vec3<A>& g_source,
+                         Vec3<A>& g_target) {
+  const A d = (cosine >= A(-1) && cosine <= A(1)) ? -g : A(0);
+  g_target = scale3(d, rotated);
+  g_source = scale3(d, warp ? matvec3_transposed(rot, target) : target);
+}
+template <typename A>
 VGPA_HD void normal_stability_pixel_grad(const NormalStabilityArgs& a, const A* rot, const NormalPairPixel<A>& px,
                                          A g, Vec3<A>& g_source, Vec3<A>& g_target) {
-  const A d = (px.cosine >= A(-1) && px.cosine <= A(1)) ? -g : A(0);
-  g_target = scale3(d, px.rotated);
-  g_source = scale3(d, a.warp ? matvec3_transposed(rot, px.target.n) : px.target.n);
+  cosine_grad(a.warp, rot, px.rotated, px.target.n, px.cosine, g, g_source, g_target);
 }
 
 void depth_to_normals_cpu(const NormalStabilityArgs& args);

@@ -407,6 +407,34 @@ def test_non_contiguous_inputs(backend, device):
                                vgpa.depth_to_normals(depth.to(device), intrinsics.to(device), backend=backend).normals)
 
 
+@pytest.mark.parametrize("height,width", [(5, 1), (1, 7), (3, 3), (9, 17), (11, 63), (6, 65), (13, 130)])
+def test_cpu_lane_loops_edge_shapes(height, width):
+    """Widths around the CPU lane blocks (16 and 64 pixels), width and height 1, rows with only
+    invalid depths and column-strided depth, against the reference; every thread count gives
+    the same bits."""
+    depth, intrinsics, extrinsics = random_inputs(1, 3, height, width)
+    depth[:, :, height // 2] = float("nan")  # an all-invalid row
+    pairs = vgpa.window_pairs(3, 2, symmetric=True)
+    weight = torch.rand(1, pairs.shape[0], height, width)
+    mean, count, error_map, mask, grad_ref = reference_stability(depth, intrinsics, extrinsics, pairs, weight)
+    strided = depth.transpose(-1, -2).contiguous().transpose(-1, -2)
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for n, d in ((1, depth), (2, depth), (3, depth), (2, strided)):
+            torch.set_num_threads(n)
+            runs.append(stability(d, intrinsics, extrinsics, pairs, "cpu", "cpu", weight))
+    finally:
+        torch.set_num_threads(threads)
+    for out, grad in runs:
+        assert torch.equal(out.valid_mask, mask) and torch.equal(out.valid_count, count)
+        torch.testing.assert_close(out.error, mean, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.error_map, error_map, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
+    for out, grad in runs[1:3]:
+        assert torch.equal(out.error, runs[0][0].error) and torch.equal(grad, runs[0][1])
+
+
 def test_torch_compile_fullgraph():
     depth, intrinsics, extrinsics = random_inputs(1, 3, 6, 7)
 
