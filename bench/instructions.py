@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import glob
+import hashlib
 import importlib
 import json
 import os
@@ -202,7 +204,36 @@ def compare(old: list[dict], new: list[dict]) -> str:
 @dataclass
 class Call:
     name: str  # e.g. "fwd", "fwd+bwd", "ransac fwd"
-    run: Callable[[], None]
+    run: Callable[[], object]  # returns the call's outputs (and gradients)
+
+
+def digest(value) -> str:
+    """SHA-256 of the bytes of every tensor in value (tensors, sequences, dicts, dataclasses and
+    result objects, in order): equal digests mean bitwise equal outputs."""
+    import torch
+
+    h = hashlib.sha256()
+
+    def add(v):
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            for field in dataclasses.fields(v):
+                add(getattr(v, field.name))
+        elif isinstance(v, dict):
+            for key in sorted(v):
+                add(v[key])
+        elif isinstance(v, (tuple, list)):
+            for item in v:
+                add(item)
+        elif hasattr(v, "__dict__"):
+            for key in sorted(vars(v)):
+                add(vars(v)[key])
+
+    add(value)
+    return h.hexdigest()
 
 
 def entry_of(op: str):
@@ -246,8 +277,10 @@ def calls_for(op: str, inputs) -> list[Call]:
 
         def reprojection_backward():
             leaf.grad = None
-            vgpa.reprojection_error(leaf, intrinsics, extrinsics, pairs, error="sq", validity="zeros",
-                                    backend="cpu").error.sum().backward()
+            out = vgpa.reprojection_error(leaf, intrinsics, extrinsics, pairs, error="sq", validity="zeros",
+                                          backend="cpu")
+            out.error.sum().backward()
+            return out, leaf.grad
 
         calls.append(Call("fwd+bwd", reprojection_backward))
     if op == "epipolar":
@@ -258,7 +291,9 @@ def calls_for(op: str, inputs) -> list[Call]:
 
         def sampson_backward():
             leaf.grad = None
-            vgpa.sampson_distance(leaf, m.x1, m.x2, counts=m.counts, squared=True, backend="cpu").sum().backward()
+            out = vgpa.sampson_distance(leaf, m.x1, m.x2, counts=m.counts, squared=True, backend="cpu")
+            out.sum().backward()
+            return out, leaf.grad
 
         calls.append(Call("sampson fwd+bwd", sampson_backward))
     return calls
@@ -301,9 +336,9 @@ def run_driver(ops: list[str], sizes: str = "small", log_path: str | None = None
     recorder = KernelRecorder()
     log = []
 
-    def record(phase, op, call, size, unit, units):
+    def record(phase, op, call, size, unit, units, outputs=""):
         log.append({"phase": phase, "op": op, "call": call, "size": size.label, "unit": unit, "units": units,
-                    "kernels": [k for k in recorder.take() if k in collected]})
+                    "kernels": [k for k in recorder.take() if k in collected], "digest": outputs})
 
     try:
         for op in ops:
@@ -317,8 +352,8 @@ def run_driver(ops: list[str], sizes: str = "small", log_path: str | None = None
                 record("setup", op, "", size, entry.x_label, int(size.x))
                 for call in calls:
                     start = time.perf_counter()
-                    call.run()
-                    record(phase, op, call.name, size, entry.x_label, int(size.x))
+                    outputs = call.run()
+                    record(phase, op, call.name, size, entry.x_label, int(size.x), digest(outputs))
                     if verbose:
                         print(f"  {phase:8s} {op} {size.label} {call.name}: {log[-1]['kernels']} "
                               f"({time.perf_counter() - start:.1f} s)", flush=True)
@@ -426,6 +461,36 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
+def native_clone() -> str:
+    """The SIMD clone this CPU runs (the resolver's choice, from the CPU's flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return "unknown"
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= flags:
+        return "x86-64-v4 (AVX-512)"
+    if {"avx2", "fma", "bmi2"} <= flags:
+        return "x86-64-v3 (AVX2)"
+    return "baseline x86-64"
+
+
+def check_outputs(under_valgrind: list, native: list) -> str:
+    """Every call's outputs under valgrind (the AVX2 clone) against the same calls run natively
+    (this CPU's clone): the SIMD clones must give the same bits. Raises on any difference."""
+    key = lambda r: (r["phase"], r["op"], r["call"], r["size"])  # noqa: E731
+    got = [(key(r), r["digest"]) for r in under_valgrind if r["phase"] != "setup"]
+    want = [(key(r), r["digest"]) for r in native if r["phase"] != "setup"]
+    if [k for k, _ in got] != [k for k, _ in want]:
+        raise RuntimeError("the native run made other calls than the run under valgrind")
+    differ = [k for (k, a), (_, b) in zip(got, want) if a != b]
+    if differ:
+        raise RuntimeError(f"outputs of the AVX2 clone (under valgrind) differ from this CPU's clone "
+                           f"({native_clone()}) in {len(differ)} call(s): {differ}")
+    return (f"outputs of all {len(got)} calls bitwise equal between the AVX2 clone (under valgrind) and "
+            f"this CPU's clone ({native_clone()}) run natively")
+
+
 def measure(ops: list[str], sizes: str, valgrind: str, folder: str) -> dict:
     """Runs the driver under callgrind, writing the dumps, the driver's calls.json and meta.json
     into ``folder``; returns the metadata of the run."""
@@ -456,6 +521,11 @@ def measure(ops: list[str], sizes: str, valgrind: str, folder: str) -> dict:
         raise RuntimeError(f"the driver under valgrind exited with {done.returncode}; valgrind's log:\n{tail}")
     meta["valgrind_seconds"] = round(time.perf_counter() - start)
     print(f"valgrind run: {meta['valgrind_seconds']} s", flush=True)
+    with open(os.path.join(folder, "calls.json")) as f:
+        under_valgrind = json.load(f)
+    native = run_driver(ops, sizes, verbose=False)
+    meta["outputs"] = check_outputs(under_valgrind, native)
+    print(meta["outputs"], flush=True)
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump(meta, f)
     return meta
@@ -525,6 +595,8 @@ def main(argv=None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\nInstructions per unit, {meta['valgrind']}, {meta['clone']}, commit {meta['commit'] or '?'}\n")
     print(format_table(rows))
+    if meta.get("outputs"):
+        print(f"\n{meta['outputs']}")
     if not args.no_save:
         for path in write_results(rows, args.out, meta):
             print(f"wrote {path}")

@@ -176,6 +176,38 @@ def test_the_driver_runs_every_op_at_its_quick_size(tmp_path):
         assert r["kernels"] and set(r["kernels"]) <= set(ins.KERNELS[r["op"]]), r
         assert r["units"] > 0 and r["size"]
     assert _backend.launch_compiled.__name__ == "launch_compiled"  # the recorder is removed
+    # every call's outputs are digested, and a second run gives the same bits
+    assert all(len(r["digest"]) == 64 for r in measured)
+    assert "bitwise equal" in ins.check_outputs(log, ins.run_driver(list(ins.OPS), "quick", verbose=False))
+
+
+def test_digest_sees_every_bit_of_every_output():
+    import dataclasses
+
+    import torch
+
+    @dataclasses.dataclass
+    class Result:
+        value: torch.Tensor
+        extra: tuple
+
+    x = torch.linspace(0, 1, 7)
+    base = ins.digest(Result(x, (x.double(), None)))
+    assert ins.digest(Result(x.clone(), (x.double(), None))) == base
+    flipped = x.clone()
+    flipped.view(torch.int32)[3] ^= 1  # one bit of one element
+    assert ins.digest(Result(flipped, (x.double(), None))) != base
+    assert ins.digest(Result(x, (x.float(), None))) != base  # same values, another dtype
+    assert ins.digest(Result(x.view(7, 1), (x.double(), None))) != base  # another shape
+
+
+def test_outputs_that_differ_between_the_clones_are_an_error():
+    record = {"phase": "measure", "op": "render_points", "call": "fwd", "size": "1x4x8x8", "digest": "a" * 64}
+    assert "bitwise equal" in ins.check_outputs([record], [dict(record)])
+    with pytest.raises(RuntimeError, match="differ from this CPU's clone.*render_points"):
+        ins.check_outputs([record], [dict(record, digest="b" * 64)])
+    with pytest.raises(RuntimeError, match="other calls"):
+        ins.check_outputs([record], [dict(record, call="fwd+bwd")])
 
 
 def test_small_sizes_are_the_entry_s_smallest_cpu_sizes():
