@@ -1,5 +1,5 @@
 """Depth-warp reprojection error of every consecutive frame pair (the MVCS configuration: squared
-depth error, "zeros" validity), forward. Peers:
+depth error, "zeros" validity), forward and forward + backward (gradient w.r.t. the depth). Peers:
 
 - "VideoGPA MVCS loop": our statement of VideoGPA's MVCS formula (DESIGN 3.1) as its evaluation
   runs it, one pair at a time with the pair's error read back to the host (``.item()``) before
@@ -42,8 +42,10 @@ def per_pair_loop(depth, intrinsics, extrinsics):
             sampled = F.grid_sample(depth[b, t + 1][None, None], grid, align_corners=True,
                                     padding_mode="zeros")[0, 0].reshape(-1)
             mask = (z > 0) & (pu >= 0) & (pu < width) & (pv >= 0) & (pv < height)
-            scores.append(((z - sampled) ** 2)[mask].mean().item())
-    return torch.tensor(scores).view(videos, frames - 1)
+            score = ((z - sampled) ** 2)[mask].mean()
+            score.item()  # the evaluation's host read-back, kept differentiable for fwd+bwd
+            scores.append(score)
+    return torch.stack(scores).view(videos, frames - 1)
 
 
 def kornia_pairs(depth, intrinsics, extrinsics):
@@ -91,7 +93,7 @@ def make_inputs(dims, device):
     depth = 2 + torch.rand(videos, frames, height, width, generator=g)
     intrinsics, extrinsics = orbiting_cameras(videos, frames, height, width)
     pairs = vgpa.adjacent_pairs(frames)
-    return depth.to(device), intrinsics.to(device), extrinsics.to(device), pairs.to(device)
+    return depth.to(device).requires_grad_(), intrinsics.to(device), extrinsics.to(device), pairs.to(device)
 
 
 def agree(got, expected):
@@ -111,6 +113,8 @@ ENTRY = Entry(
     make_inputs=make_inputs,
     reference=lambda x: reference_error(*x),
     agree=agree,
+    modes=("fwd", "fwd+bwd"),
+    grad_input=lambda inputs: inputs[0],
     baseline="VideoGPA MVCS loop",
     impls=[
         Impl("VideoGPA MVCS loop", what="our statement of VideoGPA's MVCS formula (per-pair loop, host sync per pair)",

@@ -127,6 +127,16 @@ VGPA_HD A bilinear_value(const A* w, const A* t) {
   return w[0] * t[0] + w[1] * t[1] + w[2] * t[2] + w[3] * t[3];
 }
 
+// d bilinear / d u and d v from the fractions (wx, wy) and four tap values (0 when unused).
+template <typename A>
+VGPA_HD A bilinear_d_du(A wx, A wy, const A* t) {
+  return (A(1) - wy) * (t[1] - t[0]) + wy * (t[3] - t[2]);
+}
+template <typename A>
+VGPA_HD A bilinear_d_dv(A wx, A wy, const A* t) {
+  return (A(1) - wx) * (t[2] - t[0]) + wx * (t[3] - t[1]);
+}
+
 // The four bilinear taps around (u, v), tap k = (x0 + (k & 1), y0 + (k >> 1)). A tap is used
 // when it lies in the image and has a non-zero weight: unused taps are never read, so a
 // NaN next to the sample point cannot leak in through a zero weight. The weights and the used
@@ -152,8 +162,8 @@ struct BilinearTaps {
   VGPA_HD bool used(int k) const { return (used_mask >> k) & 1u; }
   // Bilinear value and its derivatives in u and v from the four tap values (0 when unused).
   VGPA_HD A value(const A* t) const { return bilinear_value(w, t); }
-  VGPA_HD A d_du(const A* t) const { return (A(1) - wy) * (t[1] - t[0]) + wy * (t[3] - t[2]); }
-  VGPA_HD A d_dv(const A* t) const { return (A(1) - wx) * (t[2] - t[0]) + wx * (t[3] - t[1]); }
+  VGPA_HD A d_du(const A* t) const { return bilinear_d_du(wx, wy, t); }
+  VGPA_HD A d_dv(const A* t) const { return bilinear_d_dv(wx, wy, t); }
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,11 @@ struct BlockLanes {
   A warped[kBlock], sampled[kBlock], u[kBlock], v[kBlock], error[kBlock];
   int64_t source[kBlock];             // source depth offsets (strided depth)
   int32_t ok[kBlock];                  // bool (a bool array does not vectorise)
+  // Kept for the backward only (warp_block<Strict, true>).
+  A ddepth_dz[kBlock], du_dz[kBlock], dv_dz[kBlock], wx[kBlock], wy[kBlock];
+  A weight[4][kBlock], tap[4][kBlock];
+  int64_t tap0[kBlock];   // element y0 * width + x0 of a contiguous frame
+  int32_t used[kBlock];   // bit k: tap k used
 };
 
 // Per-launch constants of the lane loops; I: the tap offset type (int32_t for contiguous frames).
@@ -63,7 +68,7 @@ VGPA_ALWAYS_INLINE void load_block(const T* source, int64_t sh, int64_t sw, bool
 // header functions: lanes past n, invalid pixels and unused taps read in-image addresses and
 // are masked out afterwards.
 // The validity flags are int32_t 0/1 combined with & and |: mixed bool masks do not vectorise.
-template <bool Strict, typename T, typename A, typename I>
+template <bool Strict, bool Keep, typename T, typename A, typename I>
 VGPA_ALWAYS_INLINE void warp_block(const BlockGeometry<T, A, I>& g, int n, BlockLanes<A>& L) {
   const I height = I(g.height), width = I(g.width), last_x = width - 1, last_y = height - 1;
   const T* target = g.target;
@@ -92,6 +97,23 @@ VGPA_ALWAYS_INLINE void warp_block(const BlockGeometry<T, A, I>& g, int n, Block
     L.u[l] = u;
     L.v[l] = v;
     L.ok[l] = ok;
+    if (Keep) {
+      L.ddepth_dz[l] = w.ddepth_dz;
+      L.du_dz[l] = w.du_dz;
+      L.dv_dz[l] = w.dv_dz;
+      L.wx[l] = wx;
+      L.wy[l] = wy;
+      L.weight[0][l] = weight[0];
+      L.weight[1][l] = weight[1];
+      L.weight[2][l] = weight[2];
+      L.weight[3][l] = weight[3];
+      L.tap[0][l] = tap[0];
+      L.tap[1][l] = tap[1];
+      L.tap[2][l] = tap[2];
+      L.tap[3][l] = tap[3];
+      L.tap0[l] = int64_t(y0) * g.width + int64_t(x0);
+      L.used[l] = used[0] | used[1] << 1 | used[2] << 2 | used[3] << 3;
+    }
   }
 }
 
@@ -134,7 +156,7 @@ VGPA_ALWAYS_INLINE void error_block(const ReprojectionErrorArgs& a, const PairRo
 }
 
 // Scores the pixels [first, last) of one pair in blocks; block(e, n, lanes) gets each.
-template <typename T, typename A, typename I, typename Visit>
+template <typename T, typename A, typename I, bool Keep = false, typename Visit>
 VGPA_ALWAYS_INLINE void score_blocks(const ReprojectionErrorArgs& a, const PairRow& pair, int64_t first,
                                      int64_t last, Visit&& visit) {
   const T* source = depth_frame<T>(a, pair.b, pair.i);
@@ -149,9 +171,9 @@ VGPA_ALWAYS_INLINE void score_blocks(const ReprojectionErrorArgs& a, const PairR
     const int n = int(last - e < kBlock ? last - e : kBlock);
     load_block<T, A>(source, sh, sw, contiguous, e, e / a.width, e % a.width, a.width, n, L);
     if (a.strict)
-      warp_block<true>(g, n, L);
+      warp_block<true, Keep>(g, n, L);
     else
-      warp_block<false>(g, n, L);
+      warp_block<false, Keep>(g, n, L);
     error_block<T, A>(a, pair, L);
     visit(e, n, L);
   }
@@ -228,6 +250,154 @@ void forward(const ReprojectionErrorArgs& a) {
   for (int64_t job = 0; job < jobs; ++job) forward_job_of(static_cast<T*>(nullptr), a, job, small);
 }
 
+// Backward of the depth errors: per scored item (row, pixel), the additions
+// reproject_pixel_backward makes, densely: the four tap additions to the target frame at
+// tap0 + {0, 1, width, width + 1} (those whose bit is set in used), then the source addition at
+// the pixel. where = tap0 << 4 | used, or -1 when the item adds nothing.
+template <typename A>
+struct DepthGradRecords {
+  A* tap[4];
+  A* source;
+  int64_t* where;
+};
+
+// The records of items [first, last) of one pair row, pixels e = first - row * pixels ...; the
+// values and validity are reproject_pixel / reproject_pixel_backward's, lane by lane.
+template <typename T, typename I, int Kind>
+VGPA_ALWAYS_INLINE void depth_backward_items(const ReprojectionErrorArgs& a, const PairRow& pair, int64_t first,
+                                             int64_t last, const DepthGradRecords<typename Acc<T>::type>& out) {
+  using A = typename Acc<T>::type;
+  const int64_t pixels = a.pixels();
+  const A* grad_error = reinterpret_cast<const A*>(a.grad_error);
+  const A* grad_map = reinterpret_cast<const A*>(a.grad_map);
+  const A g_row = grad_error[pair.row];
+  const int64_t e0 = first;
+  score_blocks<T, A, I, true>(a, pair, first, last, [&](int64_t e, int n, BlockLanes<A>& L) {
+    A g[kBlock];
+    if (grad_map) {
+      const A* m = grad_map + pair.row * pixels + e;
+      for (int l = 0; l < n; ++l) g[l] = g_row + m[l];
+      for (int l = n; l < kBlock; ++l) g[l] = A(0);
+    } else {
+      for (int l = 0; l < kBlock; ++l) g[l] = g_row;
+    }
+    A tap_out[4][kBlock], source_out[kBlock];
+    int64_t where[kBlock];
+    for (int l = 0; l < kBlock; ++l) {
+      const int32_t rec = L.ok[l] & int32_t(g[l] != A(0)) & int32_t(l < n);
+      A d_warped, d_sampled;
+      depth_error_grad(Kind, L.warped[l], L.sampled[l], d_warped, d_sampled);
+      const A t[4] = {L.tap[0][l], L.tap[1][l], L.tap[2][l], L.tap[3][l]};
+      const A d_z = d_warped * L.ddepth_dz[l];
+      const A d_u = d_sampled * bilinear_d_du(L.wx[l], L.wy[l], t);
+      const A d_v = d_sampled * bilinear_d_dv(L.wx[l], L.wy[l], t);
+      const A gs = g[l] * d_sampled;
+      tap_out[0][l] = gs * L.weight[0][l];
+      tap_out[1][l] = gs * L.weight[1][l];
+      tap_out[2][l] = gs * L.weight[2][l];
+      tap_out[3][l] = gs * L.weight[3][l];
+      source_out[l] = g[l] * (d_z + d_u * L.du_dz[l] + d_v * L.dv_dz[l]);
+      where[l] = rec ? (L.tap0[l] << 4 | int64_t(L.used[l])) : int64_t(-1);
+    }
+    const int64_t o = e - e0;
+    for (int k = 0; k < 4; ++k)
+      for (int l = 0; l < n; ++l) out.tap[k][o + l] = tap_out[k][l];
+    for (int l = 0; l < n; ++l) out.source[o + l] = source_out[l];
+    for (int l = 0; l < n; ++l) out.where[o + l] = where[l];
+  });
+}
+
+template <typename T, typename I>
+VGPA_ALWAYS_INLINE void depth_backward_job(const ReprojectionErrorArgs& a, const PairRow& pair, int64_t first,
+                                           int64_t last, const DepthGradRecords<typename Acc<T>::type>& out) {
+  switch (static_cast<ReprojectionErrorKind>(a.error)) {
+    case ReprojectionErrorKind::AbsRel: depth_backward_items<T, I, 0>(a, pair, first, last, out); break;
+    case ReprojectionErrorKind::Abs: depth_backward_items<T, I, 1>(a, pair, first, last, out); break;
+    case ReprojectionErrorKind::Sq: depth_backward_items<T, I, 2>(a, pair, first, last, out); break;
+    default: depth_backward_items<T, I, 3>(a, pair, first, last, out);
+  }
+}
+
+#define VGPA_DEPTH_BACKWARD_JOB(T, name)                                                           \
+  VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void name(const ReprojectionErrorArgs& a, const PairRow& pair,    \
+                                                          int64_t first, int64_t last,                 \
+                                                          const DepthGradRecords<Acc<T>::type>& out, bool small) { \
+    if (small)                                                                                      \
+      depth_backward_job<T, int32_t>(a, pair, first, last, out);                                    \
+    else                                                                                            \
+      depth_backward_job<T, int64_t>(a, pair, first, last, out);                                    \
+  }
+VGPA_DEPTH_BACKWARD_JOB(float, depth_backward_job_float)
+VGPA_DEPTH_BACKWARD_JOB(double, depth_backward_job_double)
+VGPA_DEPTH_BACKWARD_JOB(Half, depth_backward_job_half)
+VGPA_DEPTH_BACKWARD_JOB(BFloat16, depth_backward_job_bfloat16)
+
+#define VGPA_DEPTH_BACKWARD_OF(T, name)                                                             \
+  void depth_backward_job_of(T*, const ReprojectionErrorArgs& a, const PairRow& pair, int64_t first, int64_t last, \
+                             const DepthGradRecords<Acc<T>::type>& out, bool small) {               \
+    name(a, pair, first, last, out, small);                                                         \
+  }
+VGPA_DEPTH_BACKWARD_OF(float, depth_backward_job_float)
+VGPA_DEPTH_BACKWARD_OF(double, depth_backward_job_double)
+VGPA_DEPTH_BACKWARD_OF(Half, depth_backward_job_half)
+VGPA_DEPTH_BACKWARD_OF(BFloat16, depth_backward_job_bfloat16)
+
+// Groups of items as in backward below (dense records: one item's additions are 6 values).
+constexpr int64_t kDepthBackwardGroup = int64_t(1) << 15;
+constexpr int64_t kDepthBackwardBlock = 1024;
+
+template <typename T>
+void depth_backward(const ReprojectionErrorArgs& a) {
+  using A = typename Acc<T>::type;
+  A* grad_depth = reinterpret_cast<A*>(a.grad_depth);
+  if (!grad_depth) return;  // the depth errors add to the depth gradient only
+  const int64_t pixels = a.pixels(), frames_total = a.batch * a.frames, items = a.batch * a.pairs * pixels;
+  const int64_t group = kDepthBackwardGroup < items ? kDepthBackwardGroup : items;
+  const int64_t* pair_frames = reinterpret_cast<const int64_t*>(a.pair_frames);
+  const bool small = small_offsets(a);
+  std::vector<A> values(static_cast<size_t>(5 * group));
+  std::vector<int64_t> where(static_cast<size_t>(group));
+  const DepthGradRecords<A> records{{values.data(), values.data() + group, values.data() + 2 * group,
+                                     values.data() + 3 * group}, values.data() + 4 * group, where.data()};
+  const int64_t width = a.width;
+  for (int64_t begin = 0; begin < items; begin += group) {
+    const int64_t end = begin + group < items ? begin + group : items;
+    const int64_t blocks = (end - begin + kDepthBackwardBlock - 1) / kDepthBackwardBlock;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t first = begin + block * kDepthBackwardBlock;
+      const int64_t last = first + kDepthBackwardBlock < end ? first + kDepthBackwardBlock : end;
+      for (int64_t s = first; s < last;) {
+        const int64_t row = s / pixels, stop = (row + 1) * pixels < last ? (row + 1) * pixels : last;
+        const PairRow pair = PairRow::at(row, a.pairs, pair_frames);
+        const DepthGradRecords<A> out{{records.tap[0] + (s - begin), records.tap[1] + (s - begin),
+                                       records.tap[2] + (s - begin), records.tap[3] + (s - begin)},
+                                      records.source + (s - begin), records.where + (s - begin)};
+        depth_backward_job_of(static_cast<T*>(nullptr), a, pair, s - row * pixels, stop - row * pixels, out, small);
+        s = stop;
+      }
+    }
+    replay_group_by_frame(begin, end, a.frames, frames_total, a.pairs, pixels, pair_frames,
+                          [&](int64_t frame, int64_t t, const PairRow& pair, int64_t first, int64_t last) {
+      A* out = grad_depth + frame * pixels;
+      const bool target = pair.j == t, source = pair.i == t;
+      const int64_t e0 = first - pair.row * pixels;
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t r = item - begin, w = records.where[r];
+        if (w < 0) continue;
+        if (target) {
+          A* base = out + (w >> 4);
+          if (w & 1) base[0] += records.tap[0][r];
+          if (w & 2) base[1] += records.tap[1][r];
+          if (w & 4) base[width] += records.tap[2][r];
+          if (w & 8) base[width + 1] += records.tap[3][r];
+        }
+        if (source) out[e0 + (item - first)] += records.source[r];
+      }
+    });
+  }
+}
+
 // One addition of the backward: value into element where >> 2 of the pair's source (bit 0
 // clear) or target (bit 0 set) frame, of the depth (bit 1 clear) or image (bit 1 set) gradient.
 template <typename A>
@@ -269,6 +439,7 @@ constexpr int64_t kBackwardBlock = 256;
 template <typename T>
 void backward(const ReprojectionErrorArgs& a) {
   using A = typename Acc<T>::type;
+  if (a.error != static_cast<int>(ReprojectionErrorKind::Photometric)) return depth_backward<T>(a);
   const int64_t pixels = a.pixels(), frames_total = a.batch * a.frames, items = a.batch * a.pairs * pixels;
   const bool photometric = a.error == static_cast<int>(ReprojectionErrorKind::Photometric);
   const int64_t per_item = photometric ? 5 * a.channels + 1 : 5;  // most additions of one pixel
