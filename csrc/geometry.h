@@ -24,10 +24,11 @@ struct Vec3 {
 };
 
 // Finite and > 0. Written with comparisons only so it holds for NaN and +-inf on every
-// compiler (no std::isfinite on the device).
+// compiler (no std::isfinite on the device); & rather than && keeps it free of branches, so
+// that the host's lane loops can vectorise it.
 template <typename A>
 VGPA_HD bool depth_is_valid(A z) {
-  return z > A(0) && z - z == A(0);
+  return (z > A(0)) & (z - z == A(0));
 }
 
 // X = z K^-1 [u, v, 1]^T (kinv: 3x3).
@@ -84,10 +85,11 @@ VGPA_HD PixelWarp<A> warp_pixel(const A* pm, A u, A v, A z) {
 
 // Target pixel inside the image: "strict" 0 <= u <= W-1 (every used tap in the image),
 // "zeros" 0 <= u < W (grid_sample, align_corners=True, zero padding). False for NaN.
+// & rather than && for the lane loops, as in depth_is_valid.
 template <typename A>
 VGPA_HD bool inside_image(A u, A v, int64_t height, int64_t width, bool strict) {
-  if (strict) return u >= A(0) && u <= A(width - 1) && v >= A(0) && v <= A(height - 1);
-  return u >= A(0) && u < A(width) && v >= A(0) && v < A(height);
+  if (strict) return (u >= A(0)) & (u <= A(width - 1)) & (v >= A(0)) & (v <= A(height - 1));
+  return (u >= A(0)) & (u < A(width)) & (v >= A(0)) & (v < A(height));
 }
 
 // floor(x) for x >= 0 (or -0). The host build has no SSE4.1 round instruction, so std::floor

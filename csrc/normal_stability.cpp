@@ -98,6 +98,8 @@ VGPA_ALWAYS_INLINE void normals_row(const NormalStabilityArgs& a, int64_t frame,
   const int32_t last = int32_t(width - 1);
   A *nx = p.nx + e, *ny = p.ny + e, *nz = p.nz + e;
   int32_t* ok = p.ok + e;
+  // ivdep: the planes and the depth are distinct buffers (else more alias checks than GCC tries).
+#pragma GCC ivdep
   for (int32_t x = 1; x < last; ++x) {
     SurfaceNormal<A> s;
     const int32_t valid = r.normal(kinv, x, v, s);
@@ -122,7 +124,7 @@ struct PairConsts {
 template <typename A>
 struct PairLanes {
   A x[kBlock], y[kBlock], error[kBlock], cosine[kBlock];
-  Vec3<A> rotated[kBlock], target[kBlock];  // used by the backward only
+  A rx[kBlock], ry[kBlock], rz[kBlock], tx[kBlock], ty[kBlock], tz[kBlock];  // rotated, n_target: backward only
   int32_t q[kBlock], ok[kBlock];
 };
 
@@ -142,7 +144,7 @@ VGPA_ALWAYS_INLINE void score_block(const PairConsts<A>& g, int32_t e, int32_t x
     int32_t ok = int32_t(l < n) & s.ok[p];
     const A z = s.z[p];
     const Vec3<A> n_source = {s.nx[p], s.ny[p], s.nz[p]};
-    int32_t q = ok ? p : 0;
+    int32_t q = p & -ok;  // ok ? p : 0, as arithmetic: a select would become one of two pointers (no gather)
     if (Warp) {
       const PixelWarp<A> w = warp_pixel(g.pm, L.x[l], L.y[l], ok ? z : A(1));
       ok &= int32_t(w.depth > A(0)) & int32_t(inside_image(w.u, w.v, g.height, g.width, true));
@@ -170,8 +172,8 @@ VGPA_ALWAYS_INLINE void score_block(const PairConsts<A>& g, int32_t e, int32_t x
     if (Grad) {
       L.q[l] = q;
       L.cosine[l] = cosine;
-      L.rotated[l] = rotated;
-      L.target[l] = n_target;
+      L.rx[l] = rotated.x, L.ry[l] = rotated.y, L.rz[l] = rotated.z;
+      L.tx[l] = n_target.x, L.ty[l] = n_target.y, L.tz[l] = n_target.z;
     }
   }
 }
@@ -254,11 +256,13 @@ VGPA_ALWAYS_INLINE void backward_blocks(const NormalStabilityArgs& a, const Pair
     const int m = int(n - k < kBlock ? n - k : kBlock);
     const int64_t p = e + k;
     score_block<A, Warp, Occlusion, true>(g, int32_t(p), int32_t(p % a.width), int32_t(p / a.width), m, L);
-    for (int l = 0; l < kBlock; ++l) gs[l] = l < m ? pixel_grad(grad_error, grad_map, pair.row, pixels, p + l) : A(0);
+    for (int l = 0; l < m; ++l) gs[l] = pixel_grad(grad_error, grad_map, pair.row, pixels, p + l);
     const int64_t o = out + k;
+#pragma GCC ivdep  // the seven planes are distinct
     for (int l = 0; l < m; ++l) {
       Vec3<A> src, tgt;
-      cosine_grad(Warp, g.rot, L.rotated[l], L.target[l], L.cosine[l], gs[l], src, tgt);
+      cosine_grad(Warp, g.rot, Vec3<A>{L.rx[l], L.ry[l], L.rz[l]}, Vec3<A>{L.tx[l], L.ty[l], L.tz[l]}, L.cosine[l], gs[l],
+                  src, tgt);
       sx[o + l] = src.x, sy[o + l] = src.y, sz[o + l] = src.z;
       tx[o + l] = tgt.x, ty[o + l] = tgt.y, tz[o + l] = tgt.z;
       qs[o + l] = L.ok[l] & int32_t(gs[l] != A(0)) ? L.q[l] : -1;
@@ -286,6 +290,7 @@ VGPA_ALWAYS_INLINE void difference_grads_row(const NormalStabilityArgs& a, int64
   const A v = A(y);
   const int32_t last = int32_t(width - 1);
   A *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3], *o4 = out[4], *o5 = out[5];
+#pragma GCC ivdep
   for (int32_t x = 1; x < last; ++x) {
     const Vec3<A> up = {g[x], g[pixels + x], g[2 * pixels + x]};
     SurfaceNormal<A> s;

@@ -107,7 +107,7 @@ VGPA_HD Vec3<A> surface_normal_cross(const A* kinv, A u, A v, A zl, A zr, A zu, 
 
 template <typename A>
 VGPA_HD bool surface_normal_length_ok(const SurfaceNormal<A>& s) {
-  return s.length > A(0) && s.length - s.length == A(0);
+  return (s.length > A(0)) & (s.length - s.length == A(0));  // & as in depth_is_valid
 }
 
 template <typename A>
@@ -272,7 +272,7 @@ VGPA_HD bool normal_stability_pixel(const NormalStabilityArgs& a, int64_t b, int
 template <typename A>
 VGPA_HD void cosine_grad(bool warp, const A* rot, Vec3<A> rotated, Vec3<A> target, A cosine, A g, Vec3<A>& g_source,
                          Vec3<A>& g_target) {
-  const A d = (cosine >= A(-1) && cosine <= A(1)) ? -g : A(0);
+  const A d = (cosine >= A(-1)) & (cosine <= A(1)) ? -g : A(0);
   g_target = scale3(d, rotated);
   g_source = scale3(d, warp ? matvec3_transposed(rot, target) : target);
 }
