@@ -22,7 +22,9 @@
 // Results do not depend on the clone: the build never contracts into FMA
 // (-ffp-contract=off), vector division and square root round as scalar ones, and the SIMD loops
 // sum into a fixed number of lanes (kSimdLanes) rather than into the vector's width.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__CUDACC__)
+// GCC 11 is the first to know the x86-64-v3/v4 levels; other compilers build the baseline only.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    !defined(__CUDACC__)
 #define VGPA_CPU_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define VGPA_CPU_SIMD_CLONES
