@@ -251,6 +251,41 @@ VGPA_HD A pixel_grad(const A* grad_error, const A* grad_map, int64_t row, int64_
 }
 
 #ifndef __CUDACC__
+// The host lane loops' sums of one forward chunk: position k of every block of kBlock pixels
+// adds into lane k % kSimdLanes, so the order (and the bits) is the same on every CPU.
+template <typename A>
+struct LaneSums {
+  A sums[kSimdLanes] = {}, counts[kSimdLanes] = {};
+
+  // One block: kBlock errors (0 where invalid, also past the n pixels of a short block) and
+  // validity flags; the map entries of its n pixels go to index onwards when a map is wanted.
+  template <int kBlock>
+  void add_block(const A* error, const int32_t* ok, int n, int64_t index, A* error_map, uint8_t* valid_mask) {
+    static_assert(kBlock % kSimdLanes == 0, "a block is whole lanes");
+    for (int base = 0; base < kBlock; base += kSimdLanes)
+      for (int k = 0; k < kSimdLanes; ++k) {
+        sums[k] += error[base + k];
+        counts[k] += ok[base + k] != 0 ? A(1) : A(0);
+      }
+    if (error_map)
+      for (int l = 0; l < n; ++l) {
+        error_map[index + l] = error[l];
+        valid_mask[index + l] = uint8_t(ok[l]);
+      }
+  }
+
+  // The chunk's error sum and valid count, lanes in order.
+  void total(A* partial) const {
+    A sum = A(0), count = A(0);
+    for (int k = 0; k < kSimdLanes; ++k) {
+      sum += sums[k];
+      count += counts[k];
+    }
+    partial[0] = sum;
+    partial[1] = count;
+  }
+};
+
 // CPU backward of the pairwise ops, second pass over a group of items [begin, end) (item =
 // row * pixels + e) that the first pass scored once each: the owner of frame (b, t) calls
 // visit(frame, t, pair, first, last) for every row of the group whose pair has t as its source

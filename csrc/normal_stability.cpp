@@ -193,9 +193,8 @@ PairConsts<A> pair_consts(const NormalStabilityArgs& a, const PairRow& pair, Nor
   return g;
 }
 
-// One forward job. Lane l of a block adds into partial sum l % kSimdLanes: blocks start at the
-// chunk's start plus a multiple of kBlock, so a pixel's lane is its position in the chunk
-// modulo kSimdLanes whatever the vector width; the lanes are combined in a fixed order.
+// One forward job. Blocks start at the chunk's start plus a multiple of kBlock, so LaneSums
+// puts every pixel in the lane of its position in the chunk, whatever the vector width.
 template <typename A, bool Warp, bool Occlusion>
 VGPA_ALWAYS_INLINE void forward_chunk_blocks(const NormalStabilityArgs& a, const PairChunk& c, NormalBuffers<A>& buffers,
                                              A* partial) {
@@ -203,28 +202,14 @@ VGPA_ALWAYS_INLINE void forward_chunk_blocks(const NormalStabilityArgs& a, const
   const int64_t pixels = a.pixels();
   A* error_map = reinterpret_cast<A*>(a.error_map);
   uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
-  A sums[kSimdLanes] = {}, counts[kSimdLanes] = {};
+  LaneSums<A> lanes;
   PairLanes<A> L;
   for (int64_t e = c.begin; e < c.end; e += kBlock) {
     const int n = int(c.end - e < kBlock ? c.end - e : kBlock);
     score_block<A, Warp, Occlusion, false>(g, int32_t(e), int32_t(e % a.width), int32_t(e / a.width), n, L);
-    for (int base = 0; base < kBlock; base += kSimdLanes)
-      for (int k = 0; k < kSimdLanes; ++k) {
-        sums[k] += L.error[base + k];
-        counts[k] += L.ok[base + k] != 0 ? A(1) : A(0);
-      }
-    if (error_map) {
-      const int64_t index = c.pair.row * pixels + e;
-      for (int l = 0; l < n; ++l) {
-        error_map[index + l] = L.error[l];
-        valid_mask[index + l] = uint8_t(L.ok[l]);
-      }
-    }
+    lanes.template add_block<kBlock>(L.error, L.ok, n, c.pair.row * pixels + e, error_map, valid_mask);
   }
-  A sum = A(0), count = A(0);
-  for (int k = 0; k < kSimdLanes; ++k) sum += sums[k], count += counts[k];
-  partial[0] = sum;
-  partial[1] = count;
+  lanes.total(partial);
 }
 
 // The backward's work items, structure of arrays: d loss / d n_i(p) (source) and d loss /

@@ -179,9 +179,8 @@ VGPA_ALWAYS_INLINE void score_blocks(const ReprojectionErrorArgs& a, const PairR
   }
 }
 
-// One forward job. Lane l of a block adds into partial sum l % kSimdLanes: blocks start at the
-// chunk's start plus a multiple of kBlock, so a pixel's lane is its position in the chunk
-// modulo kSimdLanes whatever the vector width; the lanes are combined in a fixed order.
+// One forward job. Blocks start at the chunk's start plus a multiple of kBlock, so LaneSums
+// puts every pixel in the lane of its position in the chunk, whatever the vector width.
 template <typename T, typename I>
 VGPA_ALWAYS_INLINE void forward_job(const ReprojectionErrorArgs& a, int64_t job) {
   using A = typename Acc<T>::type;
@@ -190,29 +189,11 @@ VGPA_ALWAYS_INLINE void forward_job(const ReprojectionErrorArgs& a, int64_t job)
                                     reinterpret_cast<const int64_t*>(a.pair_frames));
   A* error_map = reinterpret_cast<A*>(a.error_map);
   uint8_t* valid_mask = reinterpret_cast<uint8_t*>(a.valid_mask);
-  A sums[kSimdLanes] = {}, counts[kSimdLanes] = {};
+  LaneSums<A> lanes;
   score_blocks<T, A, I>(a, c.pair, c.begin, c.end, [&](int64_t e, int n, const BlockLanes<A>& L) {
-    for (int base = 0; base < kBlock; base += kSimdLanes)
-      for (int k = 0; k < kSimdLanes; ++k) {
-        sums[k] += L.error[base + k];
-        counts[k] += L.ok[base + k] != 0 ? A(1) : A(0);
-      }
-    if (error_map) {
-      const int64_t index = c.pair.row * pixels + e;
-      for (int l = 0; l < n; ++l) {
-        error_map[index + l] = L.error[l];
-        valid_mask[index + l] = uint8_t(L.ok[l]);
-      }
-    }
+    lanes.template add_block<kBlock>(L.error, L.ok, n, c.pair.row * pixels + e, error_map, valid_mask);
   });
-  A sum = A(0), count = A(0);
-  for (int k = 0; k < kSimdLanes; ++k) {
-    sum += sums[k];
-    count += counts[k];
-  }
-  A* partials = reinterpret_cast<A*>(a.partials);
-  partials[job * 2] = sum;
-  partials[job * 2 + 1] = count;
+  lanes.total(reinterpret_cast<A*>(a.partials) + job * 2);
 }
 
 // Tap offsets fit int32 (full-width gathers) when every offset of a frame does.

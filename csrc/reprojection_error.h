@@ -119,18 +119,26 @@ VGPA_HD const T* image_plane(const ReprojectionErrorArgs& a, int64_t b, int64_t 
          c * a.image_strides[2];
 }
 
+// Channel c of a warped pixel: I_i(x, y) - I_j bilinearly at (u', v'), the values of the used
+// taps (0 for unused ones) left in tap.
+template <typename T, typename A>
+VGPA_HD A photometric_difference(const ReprojectionErrorArgs& a, int64_t b, int64_t i, int64_t j,
+                                 const BilinearTaps<A>& taps, int64_t c, int64_t y, int64_t x, A* tap) {
+  const int64_t ih = a.image_strides[3], iw = a.image_strides[4];
+  const T* target = image_plane<T>(a, b, j, c);
+  for (int k = 0; k < 4; ++k)
+    tap[k] = taps.used(k) ? load_as<A>(target + taps.y(k) * ih + taps.x(k) * iw) : A(0);
+  return load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - taps.value(tap);
+}
+
 // mean_c |I_i(x, y) - I_j(taps)| of a warped pixel whose taps are known.
 template <typename T, typename A>
 VGPA_HD A photometric_error(const ReprojectionErrorArgs& a, int64_t b, int64_t i, int64_t j,
                             const BilinearTaps<A>& taps, int64_t y, int64_t x) {
-  const int64_t ih = a.image_strides[3], iw = a.image_strides[4];
   A e = A(0);
   for (int64_t c = 0; c < a.channels; ++c) {
-    const T* target = image_plane<T>(a, b, j, c);
     A tap[4];
-    for (int k = 0; k < 4; ++k)
-      tap[k] = taps.used(k) ? load_as<A>(target + taps.y(k) * ih + taps.x(k) * iw) : A(0);
-    const A diff = load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - taps.value(tap);
+    const A diff = photometric_difference<T, A>(a, b, i, j, taps, c, y, x, tap);
     e += diff < A(0) ? -diff : diff;
   }
   return e / A(a.channels);
@@ -177,14 +185,10 @@ VGPA_HD void reproject_pixel_backward(const ReprojectionErrorArgs& a, int64_t b,
   const BilinearTaps<A>& taps = px.taps;
   A d_u = A(0), d_v = A(0), d_z = A(0);  // d error / d (u', v') and the direct d error / d z
   if (a.error == static_cast<int>(ReprojectionErrorKind::Photometric)) {
-    const int64_t ih = a.image_strides[3], iw = a.image_strides[4];
     const A inv_c = A(1) / A(a.channels);
     for (int64_t c = 0; c < a.channels; ++c) {
-      const T* target = image_plane<T>(a, b, j, c);
       A tap[4];
-      for (int k = 0; k < 4; ++k)
-        tap[k] = taps.used(k) ? load_as<A>(target + taps.y(k) * ih + taps.x(k) * iw) : A(0);
-      const A diff = load_as<A>(image_plane<T>(a, b, i, c) + y * ih + x * iw) - taps.value(tap);
+      const A diff = photometric_difference<T, A>(a, b, i, j, taps, c, y, x, tap);
       const A s = sign_of(diff) * inv_c;
       if (s == A(0)) continue;
       if (sink.wants_image()) {
