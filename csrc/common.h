@@ -29,6 +29,11 @@
 #else
 #define VGPA_CPU_SIMD_CLONES
 #endif
+// A host SIMD loop's entry point: cloned, with everything it calls inlined into each clone
+// (left as calls, the shared per-element math keeps GCC from vectorising the loop).
+#define VGPA_CPU_SIMD_ENTRY VGPA_CPU_SIMD_CLONES __attribute__((flatten))
+// The lane loops' building blocks: inlined into their entry point whatever the size limits.
+#define VGPA_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace vgpa {
 

@@ -27,8 +27,6 @@ void normals(const NormalStabilityArgs& a) {
 // functions, which the lanes call. They need an image of at least 3 x 3 (a smaller one has no
 // normal at all and takes the per-pixel path) with pixel indices that fit int32_t.
 
-#define VGPA_ALWAYS_INLINE inline __attribute__((always_inline))
-
 // Pixels of one lane loop of the pair passes, a multiple of kSimdLanes.
 constexpr int kBlock = 64;
 
@@ -338,17 +336,15 @@ VGPA_ALWAYS_INLINE void gather_row(const NormalStabilityArgs& a, int64_t frame, 
   out[last] = gather_pixel(a, kinv, last, y, planes);
 }
 
-// The cloned entry points, one per storage type; flatten inlines the per-lane header functions
-// (else too large to inline), without which the lane loops cannot vectorise.
-#define VGPA_LANE_ENTRY VGPA_CPU_SIMD_CLONES __attribute__((flatten))
+// The cloned entry points (VGPA_CPU_SIMD_ENTRY), one per storage type.
 #define VGPA_NORMAL_LANES(T)                                                                                       \
-  VGPA_LANE_ENTRY void normals_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,       \
+  VGPA_CPU_SIMD_ENTRY void normals_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,       \
                                     FramePlanes<Acc<T>::type> p, T*) {                                             \
     const bool unit = a.depth_strides[3] == 1;                                                                     \
     for (int64_t y = begin; y < end; ++y)                                                                          \
       unit ? normals_row<T, Acc<T>::type, true>(a, frame, y, p) : normals_row<T, Acc<T>::type, false>(a, frame, y, p); \
   }                                                                                                                \
-  VGPA_LANE_ENTRY void difference_grads_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin,           \
+  VGPA_CPU_SIMD_ENTRY void difference_grads_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin,           \
                                              int64_t end, Acc<T>::type* planes, T*) {                              \
     const bool unit = a.depth_strides[3] == 1;                                                                     \
     for (int64_t y = begin; y < end; ++y)                                                                          \
@@ -362,7 +358,7 @@ VGPA_NORMAL_LANES(BFloat16)
 #undef VGPA_NORMAL_LANES
 
 #define VGPA_PAIR_LANES(A)                                                                                         \
-  VGPA_LANE_ENTRY void forward_chunk(const NormalStabilityArgs& a, const PairChunk& c, NormalBuffers<A>& buffers,  \
+  VGPA_CPU_SIMD_ENTRY void forward_chunk(const NormalStabilityArgs& a, const PairChunk& c, NormalBuffers<A>& buffers,  \
                                      A* partial) {                                                                 \
     if (a.warp)                                                                                                    \
       a.occlusion ? forward_chunk_blocks<A, true, true>(a, c, buffers, partial)                                    \
@@ -371,7 +367,7 @@ VGPA_NORMAL_LANES(BFloat16)
       a.occlusion ? forward_chunk_blocks<A, false, true>(a, c, buffers, partial)                                   \
                   : forward_chunk_blocks<A, false, false>(a, c, buffers, partial);                                 \
   }                                                                                                                \
-  VGPA_LANE_ENTRY void backward_items(const NormalStabilityArgs& a, const PairRow& pair, int64_t e, int64_t n,     \
+  VGPA_CPU_SIMD_ENTRY void backward_items(const NormalStabilityArgs& a, const PairRow& pair, int64_t e, int64_t n,     \
                                       NormalBuffers<A>& buffers, PairGrads<A>& grads, int64_t out) {               \
     if (a.warp)                                                                                                    \
       a.occlusion ? backward_blocks<A, true, true>(a, pair, e, n, buffers, grads, out)                             \
@@ -380,14 +376,13 @@ VGPA_NORMAL_LANES(BFloat16)
       a.occlusion ? backward_blocks<A, false, true>(a, pair, e, n, buffers, grads, out)                            \
                   : backward_blocks<A, false, false>(a, pair, e, n, buffers, grads, out);                          \
   }                                                                                                                \
-  VGPA_LANE_ENTRY void gather_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,        \
+  VGPA_CPU_SIMD_ENTRY void gather_rows(const NormalStabilityArgs& a, int64_t frame, int64_t begin, int64_t end,        \
                                    const A* planes, A* grad_depth) {                                               \
     for (int64_t y = begin; y < end; ++y) gather_row<A>(a, frame, y, planes, grad_depth);                          \
   }
 VGPA_PAIR_LANES(float)
 VGPA_PAIR_LANES(double)
 #undef VGPA_PAIR_LANES
-#undef VGPA_LANE_ENTRY
 
 // Rows of one frame per job of the row passes.
 int64_t rows_per_job(int64_t width) { return width >= 4096 ? 1 : 4096 / width; }

@@ -79,12 +79,11 @@ inline void zbuffer_job(const RenderPointsArgs& a, int64_t job) {
   }
 }
 
-// The SIMD clones: one plain function per dtype (target_clones takes no templates); flatten
-// inlines the shared projection math into each clone.
-VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void zbuffer_job_float(const RenderPointsArgs& a, int64_t job) {
+// The SIMD clones: one plain function per dtype (target_clones takes no templates).
+VGPA_CPU_SIMD_ENTRY void zbuffer_job_float(const RenderPointsArgs& a, int64_t job) {
   zbuffer_job<float>(a, job);
 }
-VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void zbuffer_job_double(const RenderPointsArgs& a, int64_t job) {
+VGPA_CPU_SIMD_ENTRY void zbuffer_job_double(const RenderPointsArgs& a, int64_t job) {
   zbuffer_job<double>(a, job);
 }
 void zbuffer_job_of(float*, const RenderPointsArgs& a, int64_t job) { zbuffer_job_float(a, job); }

@@ -10,8 +10,6 @@ namespace vgpa {
 
 namespace {
 
-#define VGPA_ALWAYS_INLINE inline __attribute__((always_inline))
-
 // Pixels of one lane loop (a multiple of kSimdLanes): one pair, consecutive pixels of a chunk.
 constexpr int kBlock = 64;
 
@@ -204,7 +202,7 @@ bool small_offsets(const ReprojectionErrorArgs& a) {
 
 // The SIMD clones: one plain function per dtype (target_clones takes no templates).
 #define VGPA_FORWARD_JOB(T, name)                                                                   \
-  VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void name(const ReprojectionErrorArgs& a, int64_t job, bool small) { \
+  VGPA_CPU_SIMD_ENTRY void name(const ReprojectionErrorArgs& a, int64_t job, bool small) { \
     if (small)                                                                                      \
       forward_job<T, int32_t>(a, job);                                                              \
     else                                                                                            \
@@ -300,7 +298,7 @@ VGPA_ALWAYS_INLINE void depth_backward_job(const ReprojectionErrorArgs& a, const
 }
 
 #define VGPA_DEPTH_BACKWARD_JOB(T, name)                                                           \
-  VGPA_CPU_SIMD_CLONES __attribute__((flatten)) void name(const ReprojectionErrorArgs& a, const PairRow& pair,    \
+  VGPA_CPU_SIMD_ENTRY void name(const ReprojectionErrorArgs& a, const PairRow& pair,    \
                                                           int64_t first, int64_t last,                 \
                                                           const DepthGradRecords<Acc<T>::type>& out, bool small) { \
     if (small)                                                                                      \
