@@ -14,7 +14,7 @@ kernel sources compiled by the host C++ compiler against csrc/emulation, vgpa's 
 CUDA execution model, so the CUDA kernels run in tests on a machine without a GPU.
 
 ``VGPA_SANITIZE=address`` builds both modules with AddressSanitizer (and no nvcc objects), for
-the sanitizer run of ``python -m tools.gpu_proof sanitize``.
+the sanitizer run of ``python -m vgpa_tools.gpu_proof sanitize``.
 
 The CUDA runtime is linked statically and the bindings take raw pointers, sizes and a
 stream, so the module needs only the NVIDIA driver and does not depend on torch's C++ ABI.
@@ -198,7 +198,9 @@ def _version():
 
 def _packages():
     """vgpa and every subpackage, vgpa.kernels (kernels/) and vgpa.bench (bench/) with theirs: found,
-    never listed, so a new module or subpackage is in the wheel without a change here."""
+    never listed, so a new module or subpackage is in the wheel without a change here. kernels/ and
+    bench/ have no __init__.py (vgpa/_build_config.py: PACKAGE_DIRS), so they install as namespace
+    subpackages of vgpa; the links vgpa/kernels and vgpa/bench are skipped by find_packages."""
     mapped = {path.replace("/", "."): folder for path, folder in config.PACKAGE_DIRS.items()}
     own = [p for p in find_packages(ROOT, include=["vgpa", "vgpa.*"])
            if not any(p == m or p.startswith(m + ".") for m in mapped)]

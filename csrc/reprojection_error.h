@@ -51,7 +51,7 @@ VGPA_HD A sign_of(A x) {
 #ifdef __CUDA_ARCH__
 // log_of's device path, kept out of line so that it is a function of its own in the PTX:
 // libdevice's log holds fused multiply-adds and an approximate reciprocal, and the decision-path
-// check (tools/gpu_proof/cuda_kernels.py) exempts exactly this function. No decision reads it:
+// check (vgpa_tools/gpu_proof/cuda_kernels.py) exempts exactly this function. No decision reads it:
 // it makes the "log" error after validity and occlusion are settled, where only the error's
 // finiteness is tested, and it is finite for the positive finite depths it gets.
 template <typename A>

@@ -7,7 +7,7 @@ The geometry kernels decide (validity, occlusion, the pixel a point rounds to) a
 does, so their arithmetic is rounded operation by operation: they are launched with
 _common.EXACT_ARITHMETIC (no FMA contraction, no flush-to-zero), divide with ``div_rn`` and take
 square roots with ``sqrt_rn`` (IEEE, where float32 ``/`` and ``tl.sqrt`` are approximate on the
-GPU). tools/gpu_proof/triton_kernels.py checks the PTX of every variant for it.
+GPU). vgpa_tools/gpu_proof/triton_kernels.py checks the PTX of every variant for it.
 
 Options that only switch a test or some work on or off (strict validity, the occlusion test,
 writing the maps, which gradients are wanted) are runtime flags, not constexprs: each constexpr

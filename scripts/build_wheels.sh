@@ -10,7 +10,7 @@
 #
 # Steps: pip wheel (no build isolation: setuptools and pybind11 come from this environment);
 # auditwheel repair to a manylinux tag, excluding only libcuda.so.1, which the driver provides;
-# python -m tools.wheels.inspect_wheel on the result. Needs: pip install ".[wheel]".
+# python -m vgpa_tools.wheels.inspect_wheel on the result. Needs: pip install ".[wheel]".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-dist}
@@ -32,7 +32,7 @@ repaired="$out/$(basename "${wheel%-linux_*}")"-*manylinux*.whl
 # shellcheck disable=SC2086
 repaired=$(ls -t $repaired | head -n 1)
 
-inspect=("$python" -m tools.wheels.inspect_wheel "$repaired")
+inspect=("$python" -m vgpa_tools.wheels.inspect_wheel "$repaired")
 if [ "$VGPA_BUILD_CUDA" != 0 ]; then inspect+=(--archs "$archs"); fi
 case "${VGPA_BUILD_CUDA_EMULATION:-0}" in 1|true|yes|on) inspect+=(--emulation) ;; esac
 "${inspect[@]}"

@@ -2,8 +2,8 @@
 ``-p installed_wheel`` in a copy of tests/ outside the source tree).
 
 The suite runs unchanged against vgpa as pip installed it. The only tests that cannot run there
-are those that need the source tree's tools/ package (the GPU-proof compile checks, the wheel
-inspection): importing ``tools`` skips their module, with the reason shown. The run also stops
+are those that need the source tree's vgpa_tools/ package (the GPU-proof compile checks, the wheel
+inspection): importing ``vgpa_tools`` skips their module, with the reason shown. The run also stops
 at once if vgpa is imported from a source tree rather than from site-packages.
 """
 
@@ -18,10 +18,10 @@ NO_SOURCE_TREE = ("needs the source tree ({name}: the GPU-proof compile checks a
 
 
 class _SourceTreeOnly(importlib.abc.MetaPathFinder):
-    """First on sys.meta_path: an import of tools or tools.* skips the importing test module."""
+    """First on sys.meta_path: an import of vgpa_tools or vgpa_tools.* skips the importing test module."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "tools" or name.startswith("tools."):
+        if name == "vgpa_tools" or name.startswith("vgpa_tools."):
             raise pytest.skip.Exception(NO_SOURCE_TREE.format(name=name), allow_module_level=True)
         return None
 

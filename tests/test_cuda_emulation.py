@@ -131,7 +131,7 @@ def test_largest_legal_launch_runs(emu):
     assert out.item() == 65535.0  # every block (blockIdx.x == 0) adds the first input once
 
 
-@pytest.mark.skipif(not SANITIZER_RUN, reason="runs in the sanitizer pass (python -m tools.gpu_proof sanitize; "
+@pytest.mark.skipif(not SANITIZER_RUN, reason="runs in the sanitizer pass (python -m vgpa_tools.gpu_proof sanitize; "
                                               "CI runs it), where the kernels are built with AddressSanitizer")
 def test_out_of_bounds_read_is_caught():
     """A kernel reading one element past its input stops the process with an ASan report."""

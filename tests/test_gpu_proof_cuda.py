@@ -1,4 +1,4 @@
-"""The CUDA kernels' compiled code, checked without a GPU (DESIGN 5; tools/gpu_proof/cuda_kernels.py):
+"""The CUDA kernels' compiled code, checked without a GPU (DESIGN 5; vgpa_tools/gpu_proof/cuda_kernels.py):
 every csrc/*.cu compiled by nvcc with the build's flags for sm_80 and sm_90.
 
 - resource budget: no kernel spills or keeps a local-memory stack frame, and the committed
@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from tools.gpu_proof import cuda_kernels as ck
-from tools.gpu_proof.ptx import KernelResources, parse_ptxas_log
+from vgpa_tools.gpu_proof import cuda_kernels as ck
+from vgpa_tools.gpu_proof.ptx import KernelResources, parse_ptxas_log
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -77,7 +77,7 @@ def test_committed_resource_table_is_what_the_sources_compile_to(as_built, nvcc)
     committed = ck.TABLE.read_text() if ck.TABLE.exists() else ""
     if committed != current:
         pytest.fail(f"{ck.TABLE.relative_to(ck.REPO)} differs from what the sources compile to with nvcc "
-                    f"{version}; regenerate it with `python -m tools.gpu_proof.cuda_kernels`:\n"
+                    f"{version}; regenerate it with `python -m vgpa_tools.gpu_proof.cuda_kernels`:\n"
                     + ck.table_diff(committed, current), pytrace=False)
 
 

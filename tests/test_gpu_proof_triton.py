@@ -1,4 +1,4 @@
-"""The Triton kernels proven for the GPU on the CPU (DESIGN 5, tools/gpu_proof/triton_kernels.py):
+"""The Triton kernels proven for the GPU on the CPU (DESIGN 5, vgpa_tools/gpu_proof/triton_kernels.py):
 every variant the ops can launch compiles for sm_80 and sm_90, within the resource budget, with
 rounded arithmetic on the decision paths and relaxed atomics; plus the launch defects (device,
 grid limits, occlusion tolerance type, int64 indices) tested on CPU tensors."""
@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tools.gpu_proof import triton_kernels as proof_tool
-from tools.gpu_proof.ptx import parse_ptxas_log
+from vgpa_tools.gpu_proof import triton_kernels as proof_tool
+from vgpa_tools.gpu_proof.ptx import parse_ptxas_log
 from vgpa.kernels import _common
 from vgpa.kernels.diffusion_dpo_loss import _segment_element_offsets
 from vgpa.kernels.geometry import div_rn, scalar_as, sqrt_rn
@@ -83,7 +83,7 @@ def test_budget_check_flags_a_spill():
 def test_committed_table_matches_the_compiled_code(proof):
     current = proof_tool.table_text(proof_tool.resource_rows(proof))
     committed = proof_tool.TABLE.read_text() if proof_tool.TABLE.exists() else ""
-    assert committed == current, ("docs/gpu_resources_triton.csv is stale; run python -m tools.gpu_proof triton\n"
+    assert committed == current, ("docs/gpu_resources_triton.csv is stale; run python -m vgpa_tools.gpu_proof triton\n"
                                   + proof_tool.table_diff(committed, current))
 
 

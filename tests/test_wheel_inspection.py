@@ -1,4 +1,4 @@
-"""The wheel inspection (tools/wheels/inspect_wheel.py): its parsers and checks fed crafted
+"""The wheel inspection (vgpa_tools/wheels/inspect_wheel.py): its parsers and checks fed crafted
 outputs of cuobjdump, readelf and auditwheel, and one real inspection of a wheel assembled from
 this source tree and its compiled module."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.wheels import inspect_wheel as iw
+from vgpa_tools.wheels import inspect_wheel as iw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,9 +131,10 @@ def test_version_label_says_what_is_inside():
 
 
 def _fake_tree(tmp_path):
-    """vgpa/ with a subpackage and an in-place symlink to kernels/, which the wheel maps."""
-    for rel in ("vgpa/__init__.py", "vgpa/ops/__init__.py", "vgpa/ops/new_op.py", "kernels/__init__.py",
-                "kernels/new_kernel.py", "kernels/sub/__init__.py", "kernels/sub/deep.py", "bench/__init__.py",
+    """vgpa/ with a subpackage and the checkout's symlink to kernels/ (a plain folder, no __init__.py),
+    which the wheel maps."""
+    for rel in ("vgpa/__init__.py", "vgpa/ops/__init__.py", "vgpa/ops/new_op.py",
+                "kernels/new_kernel.py", "kernels/sub/__init__.py", "kernels/sub/deep.py", "bench/harness.py",
                 "bench/results/notes.txt", "vgpa/__pycache__/x.cpython-311.pyc"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("")
@@ -144,9 +145,9 @@ def _fake_tree(tmp_path):
 def test_expected_files_are_found_not_listed(tmp_path):
     root = _fake_tree(tmp_path)
     assert iw.expected_python_files(root) == {
-        "vgpa/__init__.py", "vgpa/ops/__init__.py", "vgpa/ops/new_op.py", "vgpa/kernels/__init__.py",
+        "vgpa/__init__.py", "vgpa/ops/__init__.py", "vgpa/ops/new_op.py",
         "vgpa/kernels/new_kernel.py", "vgpa/kernels/sub/__init__.py", "vgpa/kernels/sub/deep.py",
-        "vgpa/bench/__init__.py"}
+        "vgpa/bench/harness.py"}
 
 
 def test_a_forgotten_file_or_module_fails():
@@ -165,7 +166,7 @@ def test_the_source_tree_expects_every_package_file():
     for path in glob.glob(str(REPO / "kernels" / "*.py")) + glob.glob(str(REPO / "bench" / "*.py")):
         assert f"vgpa/{Path(path).parent.name}/{Path(path).name}" in expected
     assert {"vgpa/__init__.py", "vgpa/_build_config.py", "vgpa/ops/__init__.py"} <= expected
-    assert not any(p.startswith(("tests/", "tools/", "kernels/", "bench/")) for p in expected)
+    assert not any(p.startswith(("tests/", "vgpa_tools/", "kernels/", "bench/")) for p in expected)
 
 
 def test_a_wheel_of_this_tree_passes_and_one_without_a_file_fails(tmp_path):

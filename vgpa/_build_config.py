@@ -1,8 +1,8 @@
 """Build parameters of vgpa's compiled code, and the GPU-architecture rules, in one place.
 
 Read by setup.py (loaded by path: it must not import torch or the rest of vgpa), by the CUDA
-emulation build, by the GPU-proof checks (tools/gpu_proof), by the wheel inspection
-(tools/wheels) and by ``vgpa info``, so that the PTX and the resource figures the checks read
+emulation build, by the GPU-proof checks (vgpa_tools/gpu_proof), by the wheel inspection
+(vgpa_tools/wheels) and by ``vgpa info``, so that the PTX and the resource figures the checks read
 come from exactly the flags the wheel is built with, and so that what a wheel is checked for and
 what ``vgpa info`` says about a GPU follow the same arch rules.
 """
@@ -37,7 +37,10 @@ CUDA_ARCH_NAMES = {
 }
 
 # Packages whose sources live outside vgpa/ (wheel path -> source folder); setup.py maps them, the
-# wheel inspection expects their files.
+# wheel inspection expects their files. The folders hold no __init__.py, so that run from the
+# checkout's root they never shadow an installed module of the same name (Hugging Face's
+# `kernels`); in the checkout, the links vgpa/kernels and vgpa/bench make them vgpa.kernels and
+# vgpa.bench, and the wheel installs them there.
 PACKAGE_DIRS = {"vgpa/kernels": "kernels", "vgpa/bench": "bench"}
 
 # Host C++ flags of every compiled module. No contraction of a * b + c into an FMA: the C++

@@ -1,4 +1,4 @@
-"""Kernels the Triton decision-path check must flag (tools/gpu_proof/triton_kernels.py): they show
+"""Kernels the Triton decision-path check must flag (vgpa_tools/gpu_proof/triton_kernels.py): they show
 that the check can fail. Not part of vgpa; compiled only by the check's workers and tests."""
 
 import triton

@@ -14,12 +14,12 @@
    stack frame; docs/gpu_resources_triton.csv holds them per kernel, dtypes and arch.
 4. Decisions. The PTX of every variant of a kernel that takes discrete decisions (all but the
    DPO loss) must hold no contracted multiply-add, approximate division, square root,
-   reciprocal or transcendental and no flush-to-zero (tools/gpu_proof/ptx.py), except narrow,
+   reciprocal or transcendental and no flush-to-zero (vgpa_tools/gpu_proof/ptx.py), except narrow,
    documented exemptions (APPROXIMATE_VALUES). Controls show that the check can fail: a decision
    variant recompiled with FMA contraction and a kernel using float32 ``/`` and ``tl.sqrt`` must
    be flagged. Gradient scatters must use relaxed atomics.
 
-``python -m tools.gpu_proof triton`` (or ``main(argv)``) regenerates the table and reports every
+``python -m vgpa_tools.gpu_proof triton`` (or ``main(argv)``) regenerates the table and reports every
 check; ``--check`` compares the committed table instead of writing it.
 """
 
@@ -646,7 +646,7 @@ def probe_variants() -> ProbeRun:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "variants.json")
         env = dict(os.environ, TRITON_INTERPRET="1")
-        subprocess.run([sys.executable, "-m", "tools.gpu_proof.triton_kernels", "--probe", str(out)], cwd=REPO,
+        subprocess.run([sys.executable, "-m", "vgpa_tools.gpu_proof.triton_kernels", "--probe", str(out)], cwd=REPO,
                        env=env, check=True)
         data = json.loads(out.read_text())
     run = ProbeRun(grids=[(name, tuple(grid)) for name, grid in data["grids"]], seconds=data["seconds"])
@@ -719,7 +719,7 @@ def compile_tasks(tasks: list[dict], jobs: int = COMPILE_WORKERS) -> list[dict]:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env["TRITON_CACHE_DIR"] = str(Path(tmp, "cache"))  # CI has no persistent cache: compile afresh
         env["PYTHONWARNINGS"] = "ignore"
-        completed = subprocess.run([sys.executable, "-m", "tools.gpu_proof.triton_kernels", "--worker",
+        completed = subprocess.run([sys.executable, "-m", "vgpa_tools.gpu_proof.triton_kernels", "--worker",
                                     str(tasks_path), str(results_path), "--jobs", str(jobs)],
                                    cwd=REPO, env=env, capture_output=True, text=True)
         if completed.returncode != 0:
@@ -837,11 +837,11 @@ CONTROL_FLAGS = {"contracted": "forbidden", "approximate": "forbidden", "ordered
 
 def control_variants(variants: list[Variant]) -> dict[str, Variant]:
     """Compilations the checks must flag (CONTROL_FLAGS): a decision variant recompiled with FMA
-    contraction, and the kernels of tools/gpu_proof/triton_controls.py."""
+    contraction, and the kernels of vgpa_tools/gpu_proof/triton_controls.py."""
     decision = next(v for v in variants if makes_decisions(v) and v.dtypes() == "fp32" and not exempt_rules(v))
     contracted = replace(decision, options=tuple(sorted({**dict(decision.options), "enable_fp_fusion": True}.items())))
     def control(name):
-        return Variant(f"tools.gpu_proof.triton_controls:{name}",
+        return Variant(f"vgpa_tools.gpu_proof.triton_controls:{name}",
                        (("x_ptr", "*fp32"), ("y_ptr", "*fp32"), ("n", "i32"), ("BLOCK", "constexpr")),
                        (("BLOCK", 128),), ("x_ptr", "y_ptr"), (("enable_fp_fusion", False),))
 
@@ -940,7 +940,7 @@ def problems(proof: Proof) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.gpu_proof triton", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vgpa_tools.gpu_proof triton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help=f"do not write {TABLE.relative_to(REPO)}; fail when it differs from the compiled code")
     parser.add_argument("--jobs", type=int, default=COMPILE_WORKERS, help="compile worker processes")
@@ -959,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     proof = prove(args.jobs)
     text = table_text(resource_rows(proof))
-    status = resource_table.write_or_check(TABLE, text, args.check, "python -m tools.gpu_proof triton",
+    status = resource_table.write_or_check(TABLE, text, args.check, "python -m vgpa_tools.gpu_proof triton",
                                              f"{len(proof.variants)} variants x {len(ARCHS)} archs")
     for check, found in problems(proof).items():
         more = f"\n  ... {len(found) - 20} more" if len(found) > 20 else ""

@@ -1,4 +1,4 @@
-"""python -m tools.gpu_proof COMMAND
+"""python -m vgpa_tools.gpu_proof COMMAND
 
   cuda      regenerate docs/gpu_resources_cuda.csv (nvcc resource report of every CUDA kernel)
   triton    regenerate docs/gpu_resources_triton.csv (every Triton variant, sm_80 and sm_90)

@@ -2,7 +2,7 @@
 AddressSanitizer, and a representative set of tests run against them, so a kernel that reads or
 writes outside the tensors it was given stops the run with a report.
 
-    python -m tools.gpu_proof sanitize [-- extra pytest arguments]
+    python -m vgpa_tools.gpu_proof sanitize [-- extra pytest arguments]
 
 Builds into build/sanitize (VGPA_SANITIZE=address, no nvcc) and runs pytest with the ASan runtime
 preloaded and vgpa loading its compiled modules from there (VGPA_EXTENSION_DIR). Needs a C++

@@ -10,10 +10,10 @@ report and the PTX it assembled (the same text ``nvcc -ptx`` writes). From these
   docs/gpu_resources_cuda.csv; no kernel or device function may spill or use a stack frame;
 - the decision paths: the PTX of the decision sources (DECISION_SOURCES) holds no contracted
   multiply-add, no approximate division, square root, reciprocal or transcendental and no
-  flush-to-zero (tools/gpu_proof/ptx.py), so the GPU takes every discrete decision as the C++
+  flush-to-zero (vgpa_tools/gpu_proof/ptx.py), so the GPU takes every discrete decision as the C++
   twin does.
 
-``python -m tools.gpu_proof.cuda_kernels`` rewrites the table and reports both checks;
+``python -m vgpa_tools.gpu_proof.cuda_kernels`` rewrites the table and reports both checks;
 ``--check`` only compares the committed table with the compiled code.
 """
 
@@ -387,7 +387,7 @@ def table_diff(committed: str, current: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.gpu_proof.cuda_kernels", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vgpa_tools.gpu_proof.cuda_kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help=f"do not write {TABLE.relative_to(REPO)}; fail when it differs from the compiled code")
     args = parser.parse_args(argv)
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     compiled = [c for per_job in compile_all(build_compilations(), nvcc) for c in per_job]
     text = table_text(resource_rows(compiled, nvcc_version(nvcc)))
-    status = resource_table.write_or_check(TABLE, text, args.check, "python -m tools.gpu_proof cuda",
+    status = resource_table.write_or_check(TABLE, text, args.check, "python -m vgpa_tools.gpu_proof cuda",
                                              f"{text.count(chr(10)) - 1} rows (kernel, arch)")
     problems = budget_problems(compiled)
     if problems:

@@ -1,4 +1,4 @@
-"""Inspection of a vgpa wheel: ``python -m tools.wheels.inspect_wheel WHEEL [--archs "80;90"]``.
+"""Inspection of a vgpa wheel: ``python -m vgpa_tools.wheels.inspect_wheel WHEEL [--archs "80;90"]``.
 
 Fails (exit status 1, every problem listed) when
 
@@ -275,7 +275,7 @@ def _expected_archs(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.wheels.inspect_wheel", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vgpa_tools.wheels.inspect_wheel", description=__doc__.split("\n")[0])
     parser.add_argument("wheels", nargs="+", help="wheel files")
     parser.add_argument("--archs", help='the VGPA_CUDA_ARCHS the wheel was built for ("80;90", "default", ...); '
                                         "without it, the SASS must be consistent and the PTX its newest")
