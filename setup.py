@@ -257,7 +257,9 @@ def make_emulation_extension(build_dir):
     wrappers = []
     for path in kernel_sources:
         wrapper = os.path.join(wrapper_dir, os.path.basename(path)[:-3] + "_emulated.cpp")
-        text = f'#include "{path}"\n'
+        # By name, found through the include folders: the wrapper's text, which the compile cache
+        # keys, holds no path of this checkout.
+        text = f'#include "{os.path.basename(path)}"\n'
         if not os.path.exists(wrapper) or open(wrapper).read() != text:
             with open(wrapper, "w") as f:
                 f.write(text)

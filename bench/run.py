@@ -18,6 +18,10 @@ from . import report
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 OPS = ("diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar")  # bench_<op>.py
 
+# The bench's own pytest configuration. bench/ has no __init__.py (it must not shadow an installed
+# `bench` module from the checkout's root), so pytest finds vgpa.bench as a namespace package.
+PYTEST_INI = "[pytest]\npython_files = bench_*.py\nconsider_namespace_packages = true\n"
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="vgpa-bench-") as tmp:
         ini_path = os.path.join(tmp, "pytest.ini")
         with open(ini_path, "w") as f:
-            f.write("[pytest]\npython_files = bench_*.py\n")
+            f.write(PYTEST_INI)
         json_path = os.path.join(tmp, "benchmarks.json")
         status = int(pytest.main(pytest_arguments(args, json_path, ini_path) + pytest_args))
         if not os.path.exists(json_path):

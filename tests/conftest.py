@@ -7,6 +7,7 @@ GPU hardware (size, timing, memory) carry the `gpu` marker and are skipped there
 reason shown.
 """
 
+import importlib.metadata
 import os
 
 import pytest
@@ -46,6 +47,24 @@ def device(backend):
     if reason is not None:
         pytest.fail(f"backend {backend!r} cannot run on {dev}: {reason}")
     return dev
+
+
+# The dependencies whose newest releases CI installs on purpose: their versions head every run.
+REPORTED_DISTRIBUTIONS = ("torch", "triton", "diffusers", "transformers", "kernels", "peft", "accelerate",
+                          ("opencv-python-headless", "opencv-python"), "numpy")
+
+
+def _installed_version(names) -> str:
+    for name in (names,) if isinstance(names, str) else names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return f"{names if isinstance(names, str) else names[0]} not installed"
+
+
+def pytest_report_header(config):
+    return "versions: " + ", ".join(_installed_version(names) for names in REPORTED_DISTRIBUTIONS)
 
 
 def pytest_collection_modifyitems(config, items):

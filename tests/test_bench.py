@@ -303,10 +303,12 @@ def test_pytest_collects_the_entries_as_benchmarks(tmp_path):
     """The bench as `vgpa bench` runs it under pytest: collected from the installed package with
     its own configuration, one case per size, mode and implementation."""
     ini = tmp_path / "pytest.ini"
-    ini.write_text("[pytest]\npython_files = bench_*.py\n")
+    ini.write_text(run.PYTEST_INI)
     args, _ = run.parse_args(["--quick", "--device", "cpu"])
     argv = [a for a in run.pytest_arguments(args, str(tmp_path / "b.json"), str(ini)) if a != "-q"]
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VGPA_CUDA_EMULATION")}
+    # A fresh pytest: not a worker of this run's pytest-xdist (pytest-benchmark disables itself there)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "VGPA_CUDA_EMULATION") and not k.startswith("PYTEST_")}
     out = subprocess.run([sys.executable, "-m", "pytest", *argv, "--collect-only", "-q"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -224,6 +224,40 @@ def test_cache_reuses_an_object_of_the_same_source_headers_and_flags(fake_compil
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]  # no half-written entry
 
 
+def test_cache_key_leaves_out_where_the_build_stands(fake_compiler, tmp_path_factory):
+    """The same sources in another folder (pip's temporary build environment, an unpacked sdist,
+    another clone), with include flags that name that folder: the object is reused. With debug
+    info the paths stay in the key."""
+    compiler, first, runs = fake_compiler
+    cache = str(first / "cache")
+    second = tmp_path_factory.mktemp("elsewhere")
+    for name in ("a.src", "a.h"):
+        (second / name).write_text((first / name).read_text())
+
+    def compile_in(folder, *flags):
+        src, obj = str(folder / "a.src"), str(folder / "a.o")
+        command = [compiler, "-O2", f"-I{folder}", *flags, src, "-o", obj]
+        return build.cached_compile(command, obj, command[:-2] + ["-M"], cache)
+
+    assert compile_in(first) is False
+    assert compile_in(second) is True
+    assert runs() == 1
+    assert compile_in(first, "-g") is False
+    assert compile_in(second, "-g") is False       # debug info records the paths
+    assert runs() == 3
+    (second / "a.h").write_text("header 2\n")      # same names, other content: compiled afresh
+    assert compile_in(second) is False
+    assert runs() == 4
+
+
+def test_cache_key_command_drops_paths_but_keeps_flags(tmp_path):
+    src = tmp_path / "x.cpp"
+    src.write_text("")
+    key = build.cache_key_command(["/usr/bin/g++", "-O3", f"-I{tmp_path}", "-Icsrc", "-DVGPA_WITH_CUDA=1",
+                                   "-std=c++17", str(src), "-o", str(tmp_path / "x.o")], str(tmp_path / "x.o"))
+    assert key == ["-O3", "-I<path>", "-I<path>", "-DVGPA_WITH_CUDA=1", "-std=c++17", "<path>", "-o", "<obj>"]
+
+
 def test_cache_off_always_compiles(fake_compiler):
     compiler, tmp_path, runs = fake_compiler
     assert _compile(compiler, tmp_path, None) == (False, "source 1\nheader 1\n-O2")

@@ -317,21 +317,49 @@ def _dependencies(dep_command):
     return sorted(set(os.path.abspath(f) for f in files))
 
 
+def _is_debug_flag(arg: str) -> bool:
+    return arg == "-g" or (arg.startswith("-g") and arg[2:3].isdigit()) or arg in ("-ggdb", "-G")
+
+
+def cache_key_command(command: list[str], obj: str) -> list[str]:
+    """The compile command as the cache key holds it: the compiler (its identity is keyed apart),
+    the object and every file-system path left out. The content of every file the compile reads
+    is keyed already, so where a build stands (pip's temporary build environment, an unpacked
+    sdist, another clone) must not split the cache. A compile with debug info (-g) keeps its
+    paths: the debugger finds the sources through them."""
+    if any(_is_debug_flag(arg) for arg in command):
+        return [arg if arg != obj else "<obj>" for arg in command[1:]]
+    key = []
+    for arg in command[1:]:
+        if arg == obj:
+            key.append("<obj>")
+        elif os.path.isabs(arg) or os.path.exists(arg):
+            key.append("<path>")
+        elif arg[:2] in ("-I", "-L") and len(arg) > 2:
+            key.append(arg[:2] + "<path>")
+        else:
+            key.append(arg)
+    return key
+
+
 def cached_compile(command: list[str], obj: str, dep_command: list[str], cache: str | None) -> bool:
     """Runs ``command`` (which writes ``obj``) unless the object cache holds an object made by the
     same compiler from the same sources and headers with the same flags; then copies it.
 
-    The key hashes the compiler identity, the full command (with the object path left out) and
+    The key hashes the compiler identity, the command without its paths (cache_key_command) and
     the content of every file the compile reads. Entries are written to a temporary file and
     renamed into place, so concurrent builds never see half an object. ``cache`` None: no cache.
     Returns whether the object came from the cache."""
     if cache is None:
         subprocess.check_call(command)
         return False
+    # File names and digests, not paths (but with debug info): the same files read from another
+    # folder are the same compile.
+    name = os.path.abspath if any(_is_debug_flag(arg) for arg in command) else os.path.basename
     key_parts = {
         "compiler": _compiler_identity(command[0]),
-        "command": [arg if arg != obj else "<obj>" for arg in command],
-        "inputs": [(path, _file_digest(path)) for path in _dependencies(dep_command)],
+        "command": cache_key_command(command, obj),
+        "inputs": sorted((name(path), _file_digest(path)) for path in _dependencies(dep_command)),
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
     entry = os.path.join(cache, key[:2], key + ".o")

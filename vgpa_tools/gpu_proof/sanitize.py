@@ -11,6 +11,7 @@ compiler with libasan, pybind11 and setuptools (the `test` extra has them).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def run_tests(extra: list[str]) -> int:
                ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=0",
                VGPA_EXTENSION_DIR=os.path.join(BUILD, "vgpa"),
                VGPA_SANITIZER_RUN="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS, "-k", SELECTION, *extra]
+    # One pytest worker per core (pytest-xdist, in the test extra): the workers inherit the preload.
+    workers = ["-n", "auto"] if importlib.util.find_spec("xdist") else []
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *TESTS, "-k", SELECTION, *extra]
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
