@@ -104,7 +104,12 @@ class BuildExtWithCuda(build_ext):
         elif config.cache_dir():
             print(f"vgpa: compile cache {config.cache_dir()} (VGPA_BUILD_CACHE)", flush=True)
             self._cache_host_compiles()
+        self.cache_hits = []  # one bool per cached compile, host and nvcc
         super().build_extensions()
+        if self.cache_hits:
+            reused = sum(self.cache_hits)
+            print(f"vgpa: compile cache: {reused} of {len(self.cache_hits)} objects reused, "
+                  f"{len(self.cache_hits) - reused} compiled", flush=True)
 
     def _cache_host_compiles(self):
         compiler = self.compiler
@@ -117,7 +122,7 @@ class BuildExtWithCuda(build_ext):
             dep_command = compiler_so + [a for a in cc_args if a != "-c"] + [src] + extra_postargs + ["-M"]
             os.makedirs(os.path.dirname(obj), exist_ok=True)
             try:
-                config.cached_compile(command, obj, dep_command, config.cache_dir())
+                self.cache_hits.append(config.cached_compile(command, obj, dep_command, config.cache_dir()))
             except subprocess.CalledProcessError:
                 compile_one(obj, src, ext, cc_args, extra_postargs, pp_opts)  # the compiler's own error report
 
@@ -145,7 +150,8 @@ class BuildExtWithCuda(build_ext):
                 if launcher:
                     subprocess.check_call([launcher] + cmd)
                 else:
-                    config.cached_compile(cmd, obj, [nvcc, "-M"] + flags + [src], config.cache_dir())
+                    self.cache_hits.append(config.cached_compile(cmd, obj, [nvcc, "-M"] + flags + [src],
+                                                                 config.cache_dir()))
                 return obj
 
             with ThreadPoolExecutor(workers) as pool:

@@ -256,6 +256,9 @@ def test_cache_key_command_drops_paths_but_keeps_flags(tmp_path):
     key = build.cache_key_command(["/usr/bin/g++", "-O3", f"-I{tmp_path}", "-Icsrc", "-DVGPA_WITH_CUDA=1",
                                    "-std=c++17", str(src), "-o", str(tmp_path / "x.o")], str(tmp_path / "x.o"))
     assert key == ["-O3", "-I<path>", "-I<path>", "-DVGPA_WITH_CUDA=1", "-std=c++17", "<path>", "-o", "<obj>"]
+    # pybind11's -g0 is no debug info; a later -g is
+    assert build.cache_key_command(["g++", "-g0", f"-I{tmp_path}"], "x.o") == ["-g0", "-I<path>"]
+    assert build.cache_key_command(["g++", "-g0", "-g", f"-I{tmp_path}"], "x.o") == ["-g0", "-g", f"-I{tmp_path}"]
 
 
 def test_cache_off_always_compiles(fake_compiler):

@@ -64,3 +64,25 @@ def test_vgpa_info_rejects_arguments(argv, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv)
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_cuda_status_tells_no_driver_from_an_old_driver():
+    """The CUDA runtime says "driver version is insufficient" for both; vgpa info tells them apart."""
+    runtime_error = "unusable: CUDA driver version is insufficient for CUDA runtime version"
+    assert _backend.cuda_status_with_reason(runtime_error, 13000, None) \
+        == "unusable: no NVIDIA driver on this machine (libcuda.so.1 not found)"
+    assert _backend.cuda_status_with_reason(runtime_error, 13000, 12040) == (
+        "unusable: the NVIDIA driver supports CUDA 12.4, older than the CUDA 13.0 runtime of this build "
+        "(it needs a driver >= 580.65.06 on Linux)")
+    assert _backend.cuda_status_with_reason(runtime_error, 12080, 13000) == runtime_error  # another cause
+    assert _backend.cuda_status_with_reason("driver 13.0, 1 device(s)", 13000, 13000) == "driver 13.0, 1 device(s)"
+
+
+@pytest.mark.parametrize("argv", [["-m", "vgpa", "--version"], ["-c", "from vgpa.cli import main; main()", "--version"]])
+def test_version_flag(argv):
+    import vgpa
+
+    run = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"vgpa {vgpa.__version__}")
+    assert run.stdout.strip() == cli.version_line()

@@ -12,6 +12,7 @@ and runs the CUDA kernels through the host emulation of the CUDA execution model
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import importlib
@@ -92,8 +93,42 @@ def cuda_emulation_enabled() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _cuda_driver_status() -> str:
-    return extension().cuda_driver_status()
+def cuda_status() -> str:
+    """What vgpa info says of the CUDA code: driver and device count, or why it cannot run."""
+    return cuda_status_with_reason(extension().cuda_driver_status(), extension().cuda_runtime_version(),
+                                   nvidia_driver_cuda_version())
+
+
+@functools.lru_cache(maxsize=None)
+def nvidia_driver_cuda_version() -> int | None:
+    """The CUDA version the installed NVIDIA driver supports (cuDriverGetVersion, e.g. 12040), or
+    None when there is no driver (libcuda.so.1 does not load)."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    return version.value if libcuda.cuDriverGetVersion(ctypes.byref(version)) == 0 else None
+
+
+def cuda_status_with_reason(status: str, runtime_version: int, driver_version: int | None) -> str:
+    """The CUDA runtime's status of vgpa._C, with its cause where the runtime cannot tell: it
+    reports "driver version is insufficient" both when no NVIDIA driver is installed and when the
+    driver is older than the runtime. Versions as CUDA encodes them (13000 is 13.0)."""
+    if not status.startswith("unusable"):
+        return status
+    from . import _build_config as build
+
+    runtime = (runtime_version // 1000, runtime_version % 1000 // 10)
+    if driver_version is None:
+        return "unusable: no NVIDIA driver on this machine (libcuda.so.1 not found)"
+    driver = (driver_version // 1000, driver_version % 1000 // 10)
+    if driver < runtime:
+        needed = build.min_linux_driver(runtime)
+        return (f"unusable: the NVIDIA driver supports CUDA {driver[0]}.{driver[1]}, older than the CUDA "
+                f"{runtime[0]}.{runtime[1]} runtime of this build"
+                + (f" (it needs a driver >= {needed} on Linux)" if needed else ""))
+    return status
 
 
 def triton_interpreted() -> bool:
@@ -136,10 +171,11 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
         if not ext.with_cuda():
             return ("vgpa._C was built without CUDA (nvcc was not found at build time); "
                     "rebuild with nvcc on PATH and VGPA_BUILD_CUDA=1")
-        status = _cuda_driver_status()
+        status = cuda_status()
         if status.startswith("unusable"):
-            return (f"the CUDA runtime linked into vgpa._C cannot run here ({status}); rebuild with "
-                    "an nvcc no newer than the driver supports")
+            remedy = ("install the NVIDIA driver" if nvidia_driver_cuda_version() is None
+                      else "update the driver, or rebuild with an nvcc no newer than the driver supports")
+            return f"the CUDA runtime linked into vgpa._C cannot run here ({status}); {remedy}"
         return None
     if backend == "triton":
         if triton_module() is None:

@@ -317,8 +317,16 @@ def _dependencies(dep_command):
     return sorted(set(os.path.abspath(f) for f in files))
 
 
-def _is_debug_flag(arg: str) -> bool:
-    return arg == "-g" or (arg.startswith("-g") and arg[2:3].isdigit()) or arg in ("-ggdb", "-G")
+def _has_debug_info(command: list[str]) -> bool:
+    """Whether a compile writes debug info: the last -g flag wins (pybind11 adds -g0, the
+    sanitizer build -g after it); nvcc's -G is device debug info."""
+    debug = False
+    for arg in command:
+        if arg in ("-g", "-ggdb", "-G") or re.fullmatch(r"-g[1-3]", arg):
+            debug = True
+        elif arg == "-g0":
+            debug = False
+    return debug
 
 
 def cache_key_command(command: list[str], obj: str) -> list[str]:
@@ -327,7 +335,7 @@ def cache_key_command(command: list[str], obj: str) -> list[str]:
     is keyed already, so where a build stands (pip's temporary build environment, an unpacked
     sdist, another clone) must not split the cache. A compile with debug info (-g) keeps its
     paths: the debugger finds the sources through them."""
-    if any(_is_debug_flag(arg) for arg in command):
+    if _has_debug_info(command):
         return [arg if arg != obj else "<obj>" for arg in command[1:]]
     key = []
     for arg in command[1:]:
@@ -355,7 +363,7 @@ def cached_compile(command: list[str], obj: str, dep_command: list[str], cache: 
         return False
     # File names and digests, not paths (but with debug info): the same files read from another
     # folder are the same compile.
-    name = os.path.abspath if any(_is_debug_flag(arg) for arg in command) else os.path.basename
+    name = os.path.abspath if _has_debug_info(command) else os.path.basename
     key_parts = {
         "compiler": _compiler_identity(command[0]),
         "command": cache_key_command(command, obj),

@@ -41,14 +41,20 @@ def _distribution_version() -> str | None:
     return dist.version if dist.read_text("WHEEL") is not None else None
 
 
+def version_line() -> str:
+    """``vgpa 0.1.0``, with the installed wheel's version where it carries a +cuXY/+cpu label."""
+    from . import __version__
+
+    installed = _distribution_version()
+    return f"vgpa {__version__}" + (f" (installed as {installed})" if installed and installed != __version__ else "")
+
+
 def info() -> str:
     """Versions, the backends that can run here (and why not), the CUDA architectures compiled in
     and whether they cover the GPUs here."""
-    from . import __version__, _backend
+    from . import _backend
 
-    installed = _distribution_version()
-    lines = [f"vgpa {__version__}" + (f" (installed as {installed})" if installed and installed != __version__ else ""),
-             f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    lines = [version_line(), f"python {platform.python_version()}", f"torch {torch.__version__}"]
     triton = _backend.triton_module()
     lines.append(f"triton {triton.__version__ if triton else 'not installed'}"
                  + (" (interpreter: TRITON_INTERPRET=1)" if triton and _backend.triton_interpreted() else ""))
@@ -59,7 +65,7 @@ def info() -> str:
     if ext is None:
         lines.append(f"vgpa._C: not importable ({_backend.extension_error()})")
     elif ext.with_cuda():
-        lines.append(f"vgpa._C: C++ CPU + CUDA ({ext.cuda_driver_status()})")
+        lines.append(f"vgpa._C: C++ CPU + CUDA ({_backend.cuda_status()})")
         lines += cuda_build_lines(ext.cuda_archs(), ext.cuda_ptx_arch(), ext.cuda_runtime_version(), gpus)
     else:
         lines.append("vgpa._C: C++ CPU only (built without nvcc)")
@@ -78,6 +84,7 @@ def info() -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="vgpa", description="vgpa: fused kernels for VideoGPA-style alignment")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, available backends, compiled CUDA architectures and GPU coverage")
     sub.add_parser("bench", add_help=False,
