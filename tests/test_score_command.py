@@ -642,15 +642,19 @@ def test_an_unwritable_out_is_refused_before_scoring(tmp_path, capsys, monkeypat
     assert list(read_only.iterdir()) == []
 
 
-def test_a_resume_that_scores_nothing_leaves_the_file_alone(tmp_path, capsys):
+def test_a_resume_that_scores_nothing_leaves_the_file_alone(tmp_path, capsys, monkeypatch):
     groups_file = _tiny_dataset(tmp_path, {"g": 2, "h": 1})
     out = tmp_path / "meta_data.json"
     assert _score_tiny(groups_file, out) == 0
     before = out.stat()
+    writes = []
+    real_write = score_command.write_atomically
+    monkeypatch.setattr(score_command, "write_atomically", lambda *args: writes.append(args) or real_write(*args))
     assert _score_tiny(groups_file, out) == 0
     assert "scored 0, skipped 3 (already scored), failed 0" in capsys.readouterr().out
+    assert writes == []
     after = out.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not replaced, not written
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
