@@ -623,11 +623,12 @@ def test_an_unwritable_out_is_refused_before_scoring(tmp_path, capsys, monkeypat
         assert code == 2 and err.startswith(f"vgpa score: --out {out}") and message in err, err
         assert "Traceback" not in err and err.count("\n") == 1
 
-    # A full disk: the first write, before scoring, fails.
-    def full(fd):
+    # A full disk: the lock file's note and the first write, before scoring, fail.
+    def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with monkeypatch.context() as patch:
+        patch.setattr(os, "pwrite", full)
         patch.setattr(os, "fsync", full)
         code, err = _refusal(capsys, lambda: _score_tiny(groups_file, tmp_path / "full.json"))
     assert code == 2 and f"--out {tmp_path / 'full.json'} cannot be written (No space left on device)" in err, err

@@ -339,8 +339,9 @@ class OutputLock:
                     holder = {"pid": os.getpid(), "host": socket.gethostname(),
                               "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                               "input": str(self.input)}
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, json.dumps(holder).encode(), 0)
+                    with contextlib.suppress(OSError):  # only for others' messages: a full disk must not stop here
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, json.dumps(holder).encode(), 0)
                     self.fd = fd
                     return self
             os.close(fd)
