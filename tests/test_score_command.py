@@ -1,13 +1,20 @@
 """`vgpa score`: the scored groups file the trainer reads, resume after an interrupt, recorded
-failures, bad input files, and two processes writing the file one process writes."""
+failures, bad input files, two processes writing the file one process writes, concurrent runs
+on one output, the record of score options, and the output file's hygiene."""
 
+import errno
 import importlib.util
+import io
 import json
+import locale
+import multiprocessing
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +22,7 @@ import torch
 
 from vgpa import cli, score_command, scoring
 from vgpa.geometry import Geometry, load_geometry
-from vgpa.video import read_video
+from vgpa.video import read_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 5, 32
@@ -41,6 +48,59 @@ def _write_groups(folder, groups, name="groups.json"):
     path = folder / name
     path.write_text(json.dumps({"groups": groups}))
     return path
+
+
+def _refusal(capsys, call):
+    """(exit status, stderr) of a call that must end in SystemExit."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _tiny_video(root, name, frames=FRAMES, seed=0):
+    """A Motion-JPEG video of ``frames`` random frames of SIZE x SIZE under root/videos and a
+    geometry file of FRAMES frames for it (a wall 3 m away, the camera sliding sideways); returns
+    its groups-file entry."""
+    generator = torch.Generator().manual_seed(seed)
+    write_video(root / "videos" / f"{name}.avi",
+                torch.randint(0, 256, (frames, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator))
+    K = torch.tensor([[28.0, 0, SIZE / 2], [0, 28.0, SIZE / 2], [0, 0, 1]]).expand(FRAMES, 3, 3)
+    E = torch.eye(4).repeat(FRAMES, 1, 1)
+    E[:, 0, 3] = -0.05 * torch.arange(FRAMES)
+    depth = 3 + 0.1 * torch.rand(FRAMES, SIZE, SIZE, generator=generator)
+    Geometry(depth=depth, confidence=None, intrinsics=K, extrinsics=E).save(root / "geometry" / f"{name}.npz")
+    return {"video_path": f"videos/{name}.avi"}
+
+
+def _tiny_dataset(root, groups):
+    """A groups file under ``root`` with {group_id: number of videos} tiny videos (_tiny_video)."""
+    listing = [{"group_id": group_id, "prompt": f"prompt {group_id}",
+                "videos": [_tiny_video(root, f"{group_id}_{v}", seed=v) for v in range(count)]}
+               for group_id, count in groups.items()]
+    return _write_groups(root, listing)
+
+
+def _score_tiny(groups_file, out, *extra):
+    """score_command.main on a _tiny_dataset (no CLI dispatch: callable from threads)."""
+    return score_command.main([str(groups_file), "--geometry", str(groups_file.parent / "geometry"), "--out",
+                               str(out), "--num-frames", str(FRAMES), "--size", str(SIZE), "--no-progress",
+                               *map(str, extra)])
+
+
+def _scored(meta):
+    """{(group_id, video_path)} of the videos that hold a score."""
+    return {(g["group_id"], v["video_path"]) for g in meta["groups"] for v in g["videos"]
+            if isinstance(v.get("consistency_score"), float) and "error" not in v}
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Fails the test when any group is scored: for refusals that must come before scoring."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a group was scored")
+
+    monkeypatch.setattr(score_command, "score_group", refuse)
 
 
 def test_output_is_the_trainers_meta_data(dataset, tmp_path, capsys):
@@ -82,7 +142,8 @@ def test_bare_list_and_paths_relative_to_the_input_file(dataset, tmp_path, monke
     out = tmp_path / "bare_out.json"
     assert _score(bare, out) == 0
     meta = json.loads(out.read_text())
-    assert list(meta) == ["groups"] and all("consistency_score" in v for v in meta["groups"][0]["videos"])
+    assert list(meta) == ["score_options", "groups"]
+    assert all("consistency_score" in v for v in meta["groups"][0]["videos"])
     assert "failed 0" in capsys.readouterr().out
 
 
@@ -211,28 +272,30 @@ def test_bad_input_files_are_refused_with_the_reason(dataset, tmp_path, capsys):
     assert "holds group(s) ['other'] that the input does not" in capsys.readouterr().err
     assert json.loads(foreign.read_text())["groups"][0]["group_id"] == "other"
 
-    with pytest.raises(SystemExit, match="must include \\['3dcs'\\]"):
-        _score(dataset, tmp_path / "m.json", "--metrics", "mvcs,motion")
-    with pytest.raises(SystemExit, match="unknown metric"):
-        _score(dataset, tmp_path / "m.json", "--metrics", "3dcs,motion,sharpness")
-    with pytest.raises(SystemExit, match="not a folder"):
-        cli.main(["score", str(dataset), "--geometry", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o.json")])
-    with pytest.raises(SystemExit, match="--num-frames must be >= 2"):
-        _score(dataset, tmp_path / "m.json", "--num-frames", 1)
+    for call, message in [
+        (lambda: _score(dataset, tmp_path / "m.json", "--metrics", "mvcs,motion"), "must include ['3dcs']"),
+        (lambda: _score(dataset, tmp_path / "m.json", "--metrics", "3dcs,motion,sharpness"), "unknown metric"),
+        (lambda: cli.main(["score", str(dataset), "--geometry", str(tmp_path / "nowhere"), "--out",
+                           str(tmp_path / "m.json")]), "not a folder"),
+        (lambda: _score(dataset, tmp_path / "m.json", "--num-frames", 1), "--num-frames must be >= 2"),
+    ]:
+        code, err = _refusal(capsys, call)
+        assert code == 2 and err.startswith("vgpa score: ") and message in err, err
+        assert not (tmp_path / "m.json").exists()
 
 
 @pytest.mark.parametrize("model", ["vggt", "da3"])
-def test_geometry_models_need_their_package_and_a_local_checkpoint(dataset, tmp_path, model):
+def test_geometry_models_need_their_package_and_a_local_checkpoint(dataset, tmp_path, model, capsys):
     module = score_command.PROVIDERS[model][0]
+    command = ["score", str(dataset), "--geometry", model, "--out", str(tmp_path / "o.json")]
     if importlib.util.find_spec(module) is None:
-        with pytest.raises(SystemExit, match=f"needs the {module} package .*install it with `pip install"):
-            cli.main(["score", str(dataset), "--geometry", model, "--out", str(tmp_path / "o.json")])
+        cases = [(command, f"needs the {module} package"), (command, "install it with `pip install")]
     else:  # installed: a checkpoint must be named and exist
-        with pytest.raises(SystemExit, match="needs --model-path"):
-            cli.main(["score", str(dataset), "--geometry", model, "--out", str(tmp_path / "o.json")])
-        with pytest.raises(SystemExit, match="does not exist"):
-            cli.main(["score", str(dataset), "--geometry", model, "--model-path", str(tmp_path / "none"),
-                      "--out", str(tmp_path / "o.json")])
+        cases = [(command, "needs --model-path"),
+                 (command + ["--model-path", str(tmp_path / "none")], "does not exist")]
+    for argv, message in cases:
+        code, err = _refusal(capsys, lambda: cli.main(argv))
+        assert code == 2 and message in err, err
     assert not (tmp_path / "o.json").exists()
 
 
@@ -242,7 +305,7 @@ def test_help_lists_the_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--geometry", "--out", "--num-frames", "--size", "--conf-threshold", "--metrics", "--min-gap",
-                 "--batch-size", "--device", "--model-path"):
+                 "--batch-size", "--device", "--model-path", "--accept-truncated", "--backend"):
         assert flag in text, flag
 
 
@@ -266,3 +329,411 @@ def test_two_processes_write_the_file_one_process_writes(dataset, tmp_path):
     assert "scoring (rank 1)" in run.stderr
     assert run.stdout.count("scored 12, skipped 0 (already scored), failed 0") == 1
     assert json.loads(out.read_text()) == json.loads(single.read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrent runs on one output
+
+
+def test_two_runs_at_once_on_one_out_lose_no_group(tmp_path, monkeypatch, capsys):
+    """Two runs on different datasets with the same --out, started together: the one that
+    holds the output keeps every group, the other is refused naming it; a reader (every version
+    of the file, in order) never sees a scored video disappear."""
+    datasets = {"a": _tiny_dataset(tmp_path / "a", {"a0": 2, "a1": 2}),
+                "b": _tiny_dataset(tmp_path / "b", {"b0": 2, "b1": 2})}
+    out = tmp_path / "meta_data.json"
+    real_group, real_write = score_command.score_group, score_command.write_atomically
+    ended, guard, entered = threading.Event(), threading.Lock(), []
+
+    def first_scorer_waits(*args, **kwargs):
+        # The first run to score a group waits there, mid-run, until the other run has ended:
+        # the two runs overlap whatever the scheduling.
+        with guard:
+            first = not entered
+            entered.append(threading.get_ident())
+        if first:
+            ended.wait(timeout=120)  # a guard against a hang, not a timing check
+        return real_group(*args, **kwargs)
+
+    versions = []
+
+    def recorded_write(path, content):
+        with guard:
+            real_write(path, content)
+            versions.append(_scored(json.loads(out.read_text())))
+
+    monkeypatch.setattr(score_command, "score_group", first_scorer_waits)
+    monkeypatch.setattr(score_command, "write_atomically", recorded_write)
+    codes = {}
+
+    def run(name):
+        try:
+            codes[name] = _score_tiny(datasets[name], out)
+        except SystemExit as exc:
+            codes[name] = exc.code
+        finally:
+            ended.set()
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in datasets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    final = json.loads(out.read_text())
+    for name, code in codes.items():  # a run that says it succeeded has all of its groups in the file
+        if code == 0:
+            source = json.loads(datasets[name].read_text())["groups"]
+            assert _scored(final) >= {(g["group_id"], v["video_path"]) for g in source for v in g["videos"]}, name
+    assert sorted(codes.values()) == [0, 2], codes
+    err = capsys.readouterr().err
+    assert f"is being written by another vgpa score (pid {os.getpid()} on host {socket.gethostname()}, since " in err
+    assert all(later >= earlier for earlier, later in zip(versions, versions[1:])), versions
+    assert not (tmp_path / "meta_data.json.lock").exists()  # the lock file goes with the run
+
+
+def _hold_lock(out, input_path, ready, release):
+    lock = score_command.OutputLock(out, input_path).acquire()
+    ready.set()
+    release.wait(60)
+    lock.release()
+
+
+def test_a_held_output_is_refused_naming_the_process_that_holds_it(tmp_path, capsys, monkeypatch):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    out = tmp_path / "meta_data.json"
+    context = multiprocessing.get_context("fork")  # the child only takes the lock: no torch work after fork
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(out, Path("/data/other_groups.json"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with monkeypatch.context() as patch:
+            patch.setattr(score_command, "score_group", None)  # nothing may be scored
+            code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out))
+    finally:
+        release.set()
+        holder.join(60)
+    assert code == 2
+    assert err.startswith(f"vgpa score: --out {out} is being written by another vgpa score (pid {holder.pid} on host "
+                          f"{socket.gethostname()}, since 20")
+    assert "scoring /data/other_groups.json" in err and err.count("\n") == 1, err
+    assert not out.exists()
+    # Once the holder has ended, the output is free; its lock file is gone.
+    assert not (tmp_path / "meta_data.json.lock").exists()
+    assert _score_tiny(groups_file, out) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Videos that are not what their geometry was made from, or not files
+
+
+def test_a_truncated_video_is_an_error_unless_the_caller_accepts_it(tmp_path, capsys):
+    """A video that decodes fewer frames than its container reports: the frames sampled from what
+    decodes are not the frames the geometry was made from, unless the caller says so."""
+    groups_file = _tiny_dataset(tmp_path, {"g": 1})
+    groups = json.loads(groups_file.read_text())["groups"]
+    long_video = _tiny_video(tmp_path, "cut", frames=20)
+    data = (tmp_path / long_video["video_path"]).read_bytes()
+    (tmp_path / long_video["video_path"]).write_bytes(data[:len(data) * 6 // 10])
+    groups[0]["videos"].append(long_video)
+    groups_file = _write_groups(tmp_path, groups, "with_cut.json")
+
+    out = tmp_path / "meta_data.json"
+    assert _score_tiny(groups_file, out) == 0
+    cut = json.loads(out.read_text())["groups"][0]["videos"][1]
+    assert "20 frames reported but only" in cut["error"] and "--accept-truncated" in cut["error"], cut
+    assert "consistency_score" not in cut
+    assert "failed 1" in capsys.readouterr().out
+
+    accepted = tmp_path / "accepted.json"
+    with pytest.warns(UserWarning, match=r"cut\.avi: 20 frames reported but only"):
+        assert _score_tiny(groups_file, accepted, "--accept-truncated") == 0
+    cut = json.loads(accepted.read_text())["groups"][0]["videos"][1]
+    assert "error" not in cut and isinstance(cut["consistency_score"], float)
+
+
+def test_a_fifo_as_video_path_is_a_per_video_error_and_never_blocks(tmp_path, capsys):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    groups = json.loads(groups_file.read_text())["groups"]
+    fifo = tmp_path / "videos" / "pipe.avi"
+    os.mkfifo(fifo)
+    shutil.copy(tmp_path / "geometry" / "g_0.npz", tmp_path / "geometry" / "pipe.npz")
+    groups[0]["videos"].append({"video_path": "videos/pipe.avi"})
+    groups_file = _write_groups(tmp_path, groups, "with_fifo.json")
+
+    opened, stop = [], threading.Event()
+
+    def watchdog():
+        # A reader blocked on the FIFO would hang the test: open the other end, which releases it,
+        # and record that it happened.
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader has it open
+                stop.wait(0.02)
+                continue
+            opened.append(True)
+            os.close(fd)
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "meta_data.json"
+        code = _score_tiny(groups_file, out)
+    finally:
+        stop.set()
+        thread.join()
+    assert not opened, "the FIFO was opened"
+    assert code == 0
+    videos = json.loads(out.read_text())["groups"][0]["videos"]
+    assert "it is a FIFO, not a regular file" in videos[2]["error"], videos[2]
+    assert all(isinstance(v["consistency_score"], float) for v in videos[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# The record of score options
+
+
+def test_the_output_records_the_score_options(tmp_path, capsys):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    out = tmp_path / "meta_data.json"
+    assert _score_tiny(groups_file, out, "--conf-threshold", 0, "--metrics", "3dcs,mvcs,motion") == 0
+    assert json.loads(out.read_text())["score_options"] == {
+        "metrics": ["3dcs", "mvcs", "motion"], "conf_threshold": 0.0, "num_frames": FRAMES, "size": SIZE,
+        "geometry": "files", "accept_truncated": False}
+    assert [option.key for option in score_command.SCORE_OPTIONS] == list(json.loads(out.read_text())["score_options"])
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--conf-threshold", 50), "--conf-threshold 0.0 (this run: 50.0)"),
+    (("--metrics", "3dcs,motion"), "--metrics 3dcs,mvcs,normal_stability,reprojection,motion (this run: 3dcs,motion)"),
+    (("--num-frames", 4), f"--num-frames {FRAMES} (this run: 4)"),
+    (("--size", 16), f"--size {SIZE} (this run: 16)"),
+    (("--accept-truncated",), "--accept-truncated off (this run: on)"),
+])
+def test_resume_with_changed_score_options_is_refused_naming_the_option(tmp_path, capsys, monkeypatch, change,
+                                                                        message):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    out = tmp_path / "meta_data.json"
+    assert _score_tiny(groups_file, out) == 0
+    before = out.read_bytes()
+    monkeypatch.setattr(score_command, "score_group", None)  # nothing may be scored
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out, *change))
+    assert code == 2 and err.startswith(f"vgpa score: {out}: its scores were made with {message}"), err
+    assert "score into a new --out" in err
+    assert out.read_bytes() == before
+
+
+def test_score_options_of_outputs_without_a_score_or_without_a_record(tmp_path, capsys, monkeypatch):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    out = tmp_path / "meta_data.json"
+    # No score yet (e.g. interrupted before the first group): any options take it over.
+    groups = json.loads(groups_file.read_text())["groups"]
+    out.write_text(json.dumps({"score_options": {"conf_threshold": 90.0}, "groups": groups}))
+    assert _score_tiny(groups_file, out) == 0
+    meta = json.loads(out.read_text())
+    assert meta["score_options"]["conf_threshold"] == 0.0 and len(_scored(meta)) == 2
+
+    # Scores without a record (an older vgpa score): the options they were made with are unknown.
+    del meta["score_options"]
+    out.write_text(json.dumps(meta))
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out))
+    assert code == 2 and "holds scores but no record of the options" in err, err
+
+    # An option added later is one more entry; outputs recorded before it compare with its `before`.
+    meta = json.loads(out.read_text())
+    meta["score_options"] = {option.key: option.read(score_command.build_parser().parse_args(
+        [str(groups_file), "--geometry", "x", "--out", "x", "--num-frames", str(FRAMES), "--size", str(SIZE)]))
+        for option in score_command.SCORE_OPTIONS}
+    out.write_text(json.dumps(meta))
+    extra = score_command.ScoreOption("--min-gap", "min_gap", lambda args: args.min_gap, before=0.05)
+    monkeypatch.setattr(score_command, "SCORE_OPTIONS", score_command.SCORE_OPTIONS + (extra,))
+    assert _score_tiny(groups_file, out, "--min-gap", 0.05) == 0
+    assert json.loads(out.read_text())["score_options"]["min_gap"] == 0.05
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out, "--min-gap", 0.1))
+    assert code == 2 and "--min-gap 0.05 (this run: 0.1)" in err, err
+    # A record holding an option this vgpa does not know is refused too.
+    monkeypatch.setattr(score_command, "SCORE_OPTIONS", score_command.SCORE_OPTIONS[:-1])
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out))
+    assert code == 2 and "'min_gap' 0.05 (an option this vgpa does not know)" in err, err
+
+
+# --------------------------------------------------------------------------------------------
+# The output file's hygiene
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_the_output_file_mode_follows_the_umask(tmp_path, capsys, umask):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    previous = os.umask(umask)
+    try:
+        assert _score_tiny(groups_file, tmp_path / "meta_data.json") == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "meta_data.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_what_a_killed_run_left_is_cleaned_up(tmp_path, capsys):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    out = tmp_path / "meta_data.json"
+    leftovers = [tmp_path / ".meta_data.json.k1ll3d_x.tmp", tmp_path / ".meta_data.json.a8_b7c6d.tmp"]
+    for path in leftovers:
+        path.write_text('{"groups": [')
+    (tmp_path / "meta_data.json.lock").write_text('{"pid": 1, "host": "gone"}')  # its process died: no lock held
+    unrelated = [tmp_path / ".meta_data.json.notes", tmp_path / ".other.json.k1ll3d_x.tmp"]
+    for path in unrelated:
+        path.write_text("keep")
+    assert _score_tiny(groups_file, out) == 0
+    assert not any(path.exists() for path in leftovers)
+    assert not (tmp_path / "meta_data.json.lock").exists()
+    assert all(path.read_text() == "keep" for path in unrelated)
+
+
+def _unwritable_folder(folder, monkeypatch):
+    """Makes ``folder`` read-only. Root ignores mode bits, so there the kernel's refusal to
+    create a file in it is stood in for (os.open of a new file in it fails with EACCES)."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    probe = folder / ".probe"
+    try:
+        probe.touch()
+    except PermissionError:
+        return
+    probe.unlink()
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(path).parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+
+
+def test_an_unwritable_out_is_refused_before_scoring(tmp_path, capsys, monkeypatch, no_scoring):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    cases = [(tmp_path / "a_folder", "is a folder"),
+             (tmp_path / "a_file" / "meta_data.json", "cannot be made (a file is in the way)"),
+             (tmp_path / "a_file" / "deeper" / "meta_data.json", "cannot be made (a file is in the way)")]
+    for out, message in cases:
+        code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out))
+        assert code == 2 and err.startswith(f"vgpa score: --out {out}") and message in err, err
+        assert "Traceback" not in err and err.count("\n") == 1
+
+    # A full disk: the lock file's note and the first write, before scoring, fail.
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "pwrite", full)
+        patch.setattr(os, "fsync", full)
+        code, err = _refusal(capsys, lambda: _score_tiny(groups_file, tmp_path / "full.json"))
+    assert code == 2 and f"--out {tmp_path / 'full.json'} cannot be written (No space left on device)" in err, err
+    assert not (tmp_path / "full.json").exists() and not list(tmp_path.glob(".full.json.*"))
+
+    read_only = tmp_path / "read_only"
+    with monkeypatch.context() as patch:
+        _unwritable_folder(read_only, patch)
+        code, err = _refusal(capsys, lambda: _score_tiny(groups_file, read_only / "meta_data.json"))
+    read_only.chmod(0o755)
+    assert code == 2 and "Permission denied" in err and f"--out {read_only / 'meta_data.json'}" in err, err
+    assert list(read_only.iterdir()) == []
+
+
+def test_a_resume_that_scores_nothing_leaves_the_file_alone(tmp_path, capsys, monkeypatch):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2, "h": 1})
+    out = tmp_path / "meta_data.json"
+    assert _score_tiny(groups_file, out) == 0
+    before = out.stat()
+    writes = []
+    real_write = score_command.write_atomically
+    monkeypatch.setattr(score_command, "write_atomically", lambda *args: writes.append(args) or real_write(*args))
+    assert _score_tiny(groups_file, out) == 0
+    assert "scored 0, skipped 3 (already scored), failed 0" in capsys.readouterr().out
+    assert writes == []
+    after = out.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_nan_and_infinity_in_the_groups_file_are_refused(tmp_path, capsys, token, no_scoring):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    text = groups_file.read_text().replace('"prompt": "prompt g"', f'"prompt": "prompt g", "weight": {token}')
+    groups_file.write_text(text)
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, tmp_path / "meta_data.json"))
+    assert code == 2 and f"{groups_file}: the " in err and token in err and "is not JSON" in err, err
+    assert not (tmp_path / "meta_data.json").exists()
+
+
+def test_undefined_scores_are_written_as_null(tmp_path):
+    out = tmp_path / "meta_data.json"
+    score_command.write_atomically(out, {"groups": [{"group_id": "g", "videos": [
+        {"video_path": "a.mp4", "consistency_score": 0.5, "mvcs": float("nan"), "epipolar": float("inf")}]}]})
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    meta = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the output"))
+    assert meta["groups"][0]["videos"][0] == {"video_path": "a.mp4", "consistency_score": 0.5, "mvcs": None, "epipolar": None}
+
+
+def test_every_video_failed_or_no_groups_is_not_a_success(tmp_path, capsys):
+    groups = [{"group_id": "g", "videos": [{"video_path": "missing_a.mp4"}, {"video_path": "missing_b.mp4"}]}]
+    (tmp_path / "geometry").mkdir()
+    groups_file = _write_groups(tmp_path, groups)
+    out = tmp_path / "meta_data.json"
+    assert _score_tiny(groups_file, out) == 1
+    captured = capsys.readouterr()
+    assert "scored 0, skipped 0 (already scored), failed 2" in captured.out
+    assert "vgpa score: every video failed" in captured.err
+    assert all("error" in v for v in json.loads(out.read_text())["groups"][0]["videos"])  # the reasons are kept
+
+    for content in ({"groups": []}, []):
+        groups_file.write_text(json.dumps(content))
+        code, err = _refusal(capsys, lambda: _score_tiny(groups_file, tmp_path / "empty.json"))
+        assert code == 2 and "holds no groups" in err, err
+        assert not (tmp_path / "empty.json").exists()
+
+
+def test_an_invalid_backend_is_refused_before_scoring(tmp_path, capsys, monkeypatch, no_scoring):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    out = tmp_path / "meta_data.json"
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out, "--backend", "nope"))
+    assert code == 2 and "argument --backend: invalid choice: 'nope'" in err, err
+    monkeypatch.setenv("VGPA_BACKEND", "nope")  # what --backend auto reads
+    code, err = _refusal(capsys, lambda: _score_tiny(groups_file, out))
+    assert code == 2 and "vgpa score: --backend auto on cpu: unknown backend in VGPA_BACKEND='nope'" in err, err
+    assert not out.exists()
+
+
+def test_the_groups_file_is_read_as_utf8_whatever_the_locale(tmp_path, capsys):
+    groups_file = _tiny_dataset(tmp_path, {"g": 2})
+    groups = json.loads(groups_file.read_text())["groups"]
+    groups[0]["group_id"], groups[0]["prompt"] = "café", "un café à Zürich, 東京"
+    groups_file.write_bytes(json.dumps({"groups": groups}, ensure_ascii=False).encode("utf-8"))
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        if locale.getencoding() == "utf-8":
+            pytest.skip("Python runs in UTF-8 mode here: the locale does not pick the encoding")
+        assert _score_tiny(groups_file, tmp_path / "meta_data.json") == 0
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    meta = json.loads((tmp_path / "meta_data.json").read_text(encoding="utf-8"))
+    assert (meta["groups"][0]["group_id"], meta["groups"][0]["prompt"]) == ("café", "un café à Zürich, 東京")
+
+    # The summary, on a stdout that cannot encode the group id, escapes it instead of failing.
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    score_command.say("failed: group 'café'", ascii_out)
+    ascii_out.flush()
+    assert ascii_out.buffer.getvalue() == b"failed: group 'caf\\xe9'\n"
+
+
+def test_a_folder_as_input_says_what_the_command_expects(tmp_path, capsys, no_scoring):
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "a.avi", torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    code, err = _refusal(capsys, lambda: cli.main(["score", str(tmp_path / "videos"), "--geometry", str(tmp_path),
+                                                   "--out", str(tmp_path / "meta_data.json")]))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"vgpa score: {tmp_path / 'videos'} is a folder; vgpa score takes a groups file, JSON like")

@@ -2,7 +2,9 @@
 files. Frames that encode their index as a grey level let a test read back which frame it got
 (within the codec's error: levels are 15 apart, the lossy codecs stay within a few levels)."""
 
+import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -11,8 +13,8 @@ import torch.nn.functional as F
 
 cv2 = pytest.importorskip("cv2", reason="vgpa.video needs the video extra (opencv-python-headless)")
 
-from vgpa.video import (VideoReadError, VideoWriteError, prepare_frames, read_video,  # noqa: E402
-                        sample_indices, write_video)
+from vgpa.video import (TruncatedVideoError, VideoReadError, VideoWriteError, prepare_frames,  # noqa: E402
+                        read_video, sample_indices, write_video)
 
 LEVEL = 15  # grey level step between consecutive frames
 
@@ -297,11 +299,55 @@ def test_truncated_stream_samples_what_decodes_and_warns(tmp_path):
     assert decoded_indices(video[:good]) == list(range(good))
 
 
+def test_truncated_error_raises_with_both_counts(tmp_path):
+    data = write_video(tmp_path / "v.avi", level_frames(17, 16, 16)).read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.warns(UserWarning):  # the default: sampled from what decodes
+        decoded = len(read_video(cut, None, size=None))
+    with pytest.raises(TruncatedVideoError, match=rf"cut\.avi: 17 frames reported but only {decoded} decode") as info:
+        read_video(cut, 4, truncated="error")
+    assert (info.value.reported, info.value.decoded) == (17, decoded) and isinstance(info.value, VideoReadError)
+    whole = write_video(tmp_path / "whole.avi", level_frames(5, 16, 16))
+    assert decoded_indices(read_video(whole, None, size=None, truncated="error")) == list(range(5))
+
+
+def test_a_fifo_or_a_device_is_refused_without_being_opened(tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes: it is refused before. A watchdog
+    opens the FIFO's other end if a reader ever waits on it, so that a regression fails the
+    test instead of hanging it."""
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    opened, stop = [], threading.Event()
+
+    def watchdog():
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader has it open
+                stop.wait(0.02)
+                continue
+            opened.append(True)
+            os.close(fd)
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(VideoReadError, match="it is a FIFO, not a regular file"):
+            read_video(fifo)
+    finally:
+        stop.set()
+        thread.join()
+    assert not opened
+    with pytest.raises(VideoReadError, match="it is a character device, not a regular file"):
+        read_video("/dev/zero")
+
+
 def test_read_video_argument_errors(tmp_path):
     path = write_video(tmp_path / "v.mp4", level_frames(3, 16, 16))
     for kwargs, name in [({"num_frames": 0}, "num_frames"), ({"num_frames": True}, "num_frames"),
                          ({"size": -1}, "size"), ({"size": 2.5}, "size"), ({"crop": "top"}, "crop"),
-                         ({"dtype": torch.float16}, "dtype")]:
+                         ({"dtype": torch.float16}, "dtype"), ({"truncated": "ignore"}, "truncated")]:
         with pytest.raises(ValueError, match=name):
             read_video(path, **kwargs)
     with pytest.raises(TypeError, match="path"):

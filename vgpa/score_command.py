@@ -2,28 +2,39 @@
 (meta_data.json), the file examples/train_dpo.py and vgpa.training read (DESIGN 3.7).
 
 The output holds every input group with every video entry as it was, plus its scores (or an
-``error`` when it could not be scored). It is rewritten atomically after each group, so an
-interrupted run loses nothing and a rerun with the same --out scores only what is missing.
+``error`` when it could not be scored), and under ``score_options`` the options that change
+scores. A run holds a lock on the output from start to end, so a second run on the same --out
+is refused with the first one's pid, host and start time. The file is rewritten atomically
+after each group, so an interrupted run loses nothing and a rerun with the same --out (and the
+same score options) scores only what is missing.
 Under torchrun / accelerate launch (WORLD_SIZE > 1) group k goes to rank k % WORLD_SIZE and the
-main process writes the merged file.
+main process holds the lock and writes the merged file.
+
+Exit status: 0 when the output holds at least one score; 1 when every video failed, or when the
+output could not be written during the run; 2 when nothing was scored because an argument, the
+input file or the output is unusable (checked before any scoring).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import fcntl
 import json
 import math
 import os
+import re
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from . import scoring
+from . import _backend, scoring
 
 PROVIDERS = {
     # --geometry NAME: (module with the model class, install command)
@@ -31,33 +42,159 @@ PROVIDERS = {
     "da3": ("depth_anything_3", "pip install depth-anything-3"),
 }
 ERROR_KEY = "error"
+OPTIONS_KEY = "score_options"  # the output's record of the options its scores were made with
 # Every key a metric may write; a video's previous scores are these keys.
 SCORE_FIELDS = tuple(dict.fromkeys(key for metric in scoring.METRICS.values() for key in metric.keys))
 REQUIRED_METRICS = ("3dcs", "motion")  # what the trainer ranks by and filters by
+EXIT_FAILED = 1  # every video failed, or the output could not be written during the run
+EXIT_USAGE = 2  # nothing was scored: an argument, the input file or the output is unusable
 
 
-class InputFileError(ValueError):
+class CommandError(Exception):
+    """Stops `vgpa score` with ``vgpa score: <message>`` on stderr and exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+class InputFileError(CommandError, ValueError):
     """The input or output groups file is not what `vgpa score` can use; the message names the
     file, the group and the field."""
+
+
+class OutputFileError(CommandError):
+    """--out cannot be written, or another run holds it; raised before anything is scored."""
+
+
+# --------------------------------------------------------------------------------------------
+# The options that change scores
+
+
+_UNKNOWN = object()
+
+
+@dataclass(frozen=True)
+class ScoreOption:
+    """An option that changes scores. Its value is recorded in the output under OPTIONS_KEY
+    (as ``key``) and compared on resume, so that one file never mixes scores of two settings.
+
+    flag: the command-line flag, for messages. read(args): its value, as JSON. before: the value
+    that outputs recorded before this entry existed were scored with (the behaviour before the
+    option), or unknown: such an output is then refused."""
+
+    flag: str
+    key: str
+    read: Callable[[argparse.Namespace], object]
+    before: object = _UNKNOWN
+
+
+# Every option that changes a score: a new one is one more entry. Not here: the inputs
+# (videos, geometry files, checkpoints are data, not options); --batch-size (stacking changes no
+# score), --device and --backend (float rounding); --min-gap and --min-motion (the summary only).
+SCORE_OPTIONS = (
+    ScoreOption("--metrics", "metrics", lambda args: list(scoring.resolve_metrics(args.metrics))),
+    ScoreOption("--conf-threshold", "conf_threshold", lambda args: float(args.conf_threshold)),
+    ScoreOption("--num-frames", "num_frames", lambda args: int(args.num_frames)),
+    ScoreOption("--size", "size", lambda args: int(args.size)),
+    ScoreOption("--geometry", "geometry", lambda args: args.geometry if args.geometry in PROVIDERS else "files"),
+    ScoreOption("--accept-truncated", "accept_truncated", lambda args: bool(args.accept_truncated)),
+)
+
+
+def score_options(args: argparse.Namespace) -> dict:
+    """{key: value} of SCORE_OPTIONS for this run: what the output records."""
+    return {option.key: option.read(args) for option in SCORE_OPTIONS}
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def check_options(out: Path, recorded, current: dict) -> None:
+    """Refuses to resume an output whose scores were made with other score options, naming
+    each option that differs, with the recorded value and this run's."""
+    if not isinstance(recorded, dict):
+        raise InputFileError(f"{out}: holds scores but no record of the options they were made with "
+                             f"('{OPTIONS_KEY}'; written by an older vgpa score): they cannot be resumed safely; "
+                             "score into a new --out")
+    known = {option.key for option in SCORE_OPTIONS}
+    changed = [f"'{key}' {_shown(value)} (an option this vgpa does not know)"
+               for key, value in recorded.items() if key not in known]
+    for option in SCORE_OPTIONS:
+        old = recorded.get(option.key, option.before)
+        if old is _UNKNOWN:
+            changed.append(f"{option.flag} not recorded")
+        elif old != current[option.key]:
+            changed.append(f"{option.flag} {_shown(old)} (this run: {_shown(current[option.key])})")
+    if changed:
+        raise InputFileError(f"{out}: its scores were made with {'; '.join(changed)}; resuming would mix scores of "
+                             "two settings: rerun with the recorded options, or score into a new --out")
 
 
 # --------------------------------------------------------------------------------------------
 # Groups files
 
 
-def load_groups(path: Path) -> list:
-    """The groups of a VideoGPA groups file ({"groups": [...]} or a bare list of groups), checked:
-    each group an object with a unique ``group_id`` (str or int) and a non-empty ``videos``
-    list of objects with a non-empty ``video_path`` string, unique within the group."""
+class _NotJSON(ValueError):
+    """A token that Python's json reads but strict JSON has not (NaN, Infinity, 1e999)."""
+
+
+def _reject_constant(token: str):
+    raise _NotJSON(f"the token {token}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJSON(f"the number {text}, out of a double's range,")
+    return value
+
+
+def read_json(path: Path):
+    """The content of a strict JSON file, read as UTF-8 (a byte-order mark is allowed) whatever
+    the locale. NaN, Infinity and numbers out of a double's range are refused: strict JSON
+    parsers (the trainer's may be one) reject them."""
     try:
-        content = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
         raise InputFileError(f"{path}: not valid JSON ({exc})") from exc
+    except _NotJSON as exc:
+        raise InputFileError(f"{path}: {exc} is not JSON (strict JSON has no NaN or Infinity); write null or a "
+                             "string instead") from None
+
+
+def load_groups(path: Path) -> list:
+    """The groups of a VideoGPA groups file ({"groups": [...]} or a bare list of groups), checked:
+    at least one group; each group an object with a unique ``group_id`` (str or int) and a
+    non-empty ``videos`` list of objects with a non-empty ``video_path`` string, unique within
+    the group."""
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder; vgpa score takes a groups file, JSON like {{\"groups\": "
+                             "[{\"group_id\": \"g0\", \"prompt\": \"...\", \"videos\": [{\"video_path\": "
+                             "\"videos/a.mp4\"}]}]} (see `vgpa score` in the README)")
+    return groups_of(path, read_json(path))
+
+
+def groups_of(path: Path, content) -> list:
+    """The checked groups of the content of the groups file ``path`` (see load_groups)."""
     groups = content.get("groups") if isinstance(content, dict) else content
     if not isinstance(groups, list):
         raise InputFileError(f"{path}: expected VideoGPA's groups format, {{\"groups\": [...]}} or a list of groups")
+    if not groups:
+        raise InputFileError(f"{path}: holds no groups; there is nothing to score")
     seen = set()
     for index, group in enumerate(groups):
         if not isinstance(group, dict):
@@ -85,37 +222,69 @@ def load_groups(path: Path) -> list:
     return groups
 
 
-def previous_results(out: Path, groups: list) -> dict:
-    """{(group_id, video_path): video entry} of the videos already scored in ``out`` (a finite
-    consistency_score and no error). An output holding a group the input lacks is refused, so
-    that a run never overwrites the results of another dataset."""
-    if not out.exists():
+def _is_scored(video: dict) -> bool:
+    score = video.get(scoring.SCORE_KEY)
+    return ERROR_KEY not in video and isinstance(score, (int, float)) and not isinstance(score, bool) \
+        and math.isfinite(score)
+
+
+def previous_results(out: Path, content, groups: list, options: dict) -> dict:
+    """{(group_id, video_path): video entry} of the videos already scored in ``content``, the
+    output being resumed (None: there is none). An output holding a group the input lacks is
+    refused, so that a run never overwrites the results of another dataset; one whose scores
+    were made with other score options is refused too (check_options)."""
+    if content is None:
         return {}
-    previous = load_groups(out)
+    previous = groups_of(out, content)
     known = {group["group_id"] for group in groups}
     foreign = [group["group_id"] for group in previous if group["group_id"] not in known]
     if foreign:
         raise InputFileError(f"{out}: holds group(s) {foreign[:3]} that the input does not; it is the output of "
                              "another dataset: choose another --out")
-    done = {}
-    for group in previous:
-        for video in group["videos"]:
-            score = video.get(scoring.SCORE_KEY)
-            if ERROR_KEY not in video and isinstance(score, (int, float)) and not isinstance(score, bool) \
-                    and math.isfinite(score):
-                done[(group["group_id"], video["video_path"])] = video
+    done = {(group["group_id"], video["video_path"]): video
+            for group in previous for video in group["videos"] if _is_scored(video)}
+    if done:  # an output without a score has nothing to mix with: any options may take it over
+        check_options(out, content.get(OPTIONS_KEY) if isinstance(content, dict) else None, options)
     return done
 
 
+def _json_ready(value):
+    """``value`` with every NaN or infinite float replaced by None: undefined scores are null in
+    the output, which strict JSON parsers accept."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only
+    read it by setting it, which races with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, content) -> None:
-    """Writes JSON to a temporary file in the same folder, then renames it over ``path``:
-    a reader (or an interrupted run) sees the old file or the new one, never half of one."""
+    """Writes ``content`` as strict JSON (undefined scores as null) to a temporary file in the
+    same folder, then renames it over ``path``: a reader (or an interrupted run) sees the old
+    file or the new one, never half of one. The file gets the mode a new file gets under the
+    umask (the temporary file's 0600 would hide it from other users, e.g. the trainer's)."""
+    text = json.dumps(_json_ready(content), indent=1, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(content, f, indent=1)
-            f.write("\n")
+        os.fchmod(handle, 0o666 & ~_umask())
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -125,33 +294,167 @@ def write_atomically(path: Path, content) -> None:
         raise
 
 
+def _temporaries(out: Path) -> list:
+    """The temporary files of write_atomically for ``out`` in its folder (mkstemp's names: the
+    prefix, 8 characters of [a-z0-9_], the suffix)."""
+    name = re.compile(re.escape(f".{out.name}.") + r"[a-z0-9_]{8}\.tmp")
+    with os.scandir(out.parent) as entries:
+        return [Path(entry.path) for entry in entries
+                if name.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)]
+
+
+class OutputLock:
+    """An exclusive lock on --out for one run: flock(2) on the sibling file ``<out>.lock``, which
+    holds the pid, host, start time and input of the run holding it, for the message another run
+    gets. The kernel drops the lock when its process ends, however it ends; release removes the
+    file."""
+
+    def __init__(self, out: Path, input_path: Path):
+        self.out = out
+        self.path = out.with_name(out.name + ".lock")
+        self.input = input_path
+        self.fd = None
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise OutputFileError(f"--out {self.out}: cannot create its lock file {self.path} "
+                                      f"({exc.strerror or exc})") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise OutputFileError(f"--out {self.out} is being written by another vgpa score ({holder}; lock file "
+                                      f"{self.path}); wait for it to end, or choose another --out") from None
+            except OSError as exc:
+                os.close(fd)
+                raise OutputFileError(f"--out {self.out}: cannot lock {self.path} ({exc.strerror or exc}); the "
+                                      "output must be on a filesystem with file locks") from exc
+            # A lock taken on a file that its previous holder has just removed locks nothing: retry.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                              "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                              "input": str(self.input)}
+                    with contextlib.suppress(OSError):  # only for others' messages: a full disk must not stop here
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, json.dumps(holder).encode(), 0)
+                    self.fd = fd
+                    return self
+            os.close(fd)
+        raise OutputFileError(f"--out {self.out}: could not take the lock {self.path}")
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0))
+            return (f"pid {holder['pid']} on host {holder['host']}, since {holder['since']}, scoring "
+                    f"{holder['input']}")
+        except (OSError, ValueError, KeyError, TypeError):  # taken an instant ago: its details are not written yet
+            return "a process that has just started"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
+
+
+def check_output_path(out: Path) -> None:
+    """--out must be a file path whose folder exists or can be made; refused with the reason."""
+    if out.is_dir():
+        raise OutputFileError(f"--out {out} is a folder; --out is the scored groups file to write, e.g. "
+                              f"{out / 'meta_data.json'}")
+    if os.path.lexists(out) and not out.is_file():
+        raise OutputFileError(f"--out {out} exists and is not a regular file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else \
+            (exc.strerror or str(exc))
+        raise OutputFileError(f"--out {out}: its folder {out.parent} cannot be made ({reason})") from exc
+
+
+class OutputWriter:
+    """Writes the output when its content differs from what the file holds (a resume that
+    scores nothing leaves the file untouched), or when asked to (to check that it can be)."""
+
+    def __init__(self, path: Path, on_disk):
+        self.path = path
+        self.on_disk = on_disk
+
+    def write(self, content, force: bool = False) -> None:
+        ready = _json_ready(content)
+        if ready != self.on_disk or force:
+            write_atomically(self.path, ready)
+            self.on_disk = ready
+
+
+def claim_output(args: argparse.Namespace, groups: list, options: dict, stack: contextlib.ExitStack) -> tuple:
+    """What the main process does with --out before anything is scored: checks its path, takes
+    its lock for the run (released by ``stack``), removes the temporary files a killed run left,
+    reads what can be resumed, and writes what the output holds before this run scores anything
+    (when there is something to score: so that a full disk or a read-only folder shows now).
+    Returns (previous_results, the groups as written, an OutputWriter)."""
+    out = args.out
+    check_output_path(out)
+    stack.callback(OutputLock(out, args.input).acquire().release)
+    for temporary in _temporaries(out):
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    content = read_json(out) if out.exists() else None
+    done = previous_results(out, content, groups, options)
+    state = [{**group, "videos": [_with_previous(video, done.get((group["group_id"], video["video_path"])))
+                                  for video in group["videos"]]} for group in groups]
+    writer = OutputWriter(out, content)
+    pending = any((group["group_id"], video["video_path"]) not in done for group in groups for video in group["videos"])
+    try:
+        writer.write({OPTIONS_KEY: options, "groups": state}, force=pending)
+    except OSError as exc:
+        raise OutputFileError(f"--out {out} cannot be written ({exc.strerror or exc}); nothing was scored") from exc
+    return done, state, writer
+
+
 # --------------------------------------------------------------------------------------------
 # Geometry sources
+
+
+def check_geometry_model(name: str, model_path: Optional[str]) -> Path:
+    """What ``--geometry vggt|da3`` needs before anything runs: the model's package, and
+    ``--model-path``, a local checkpoint (a hub id is refused: weights are never downloaded
+    implicitly). Returns the checkpoint's path."""
+    module_name, install = PROVIDERS[name]
+    try:
+        __import__(module_name)
+    except ImportError as exc:
+        raise CommandError(f"--geometry {name} needs the {module_name} package ({exc}); install it with "
+                           f"`{install}`, or pass --geometry DIR with precomputed geometry files") from exc
+    if model_path is None:
+        raise CommandError(f"--geometry {name} needs --model-path, a local checkpoint; weights are never "
+                           "downloaded (fetch them once, e.g. with `huggingface-cli download`, and pass the folder)")
+    path = Path(model_path)
+    if not path.exists():
+        raise CommandError(f"--model-path {path} does not exist (a local checkpoint folder or file; "
+                           "weights are never downloaded)")
+    if name == "da3" and not path.is_dir():
+        raise CommandError(f"--geometry da3 takes a checkpoint folder as --model-path, got {path}")
+    return path
 
 
 def load_geometry_model(name: str, model_path: Optional[str], device: torch.device):
     """The provider of ``--geometry vggt|da3`` with its model loaded from a local checkpoint,
     ``--model-path``: a folder written by the model's save_pretrained (or downloaded once with
-    ``huggingface-cli download``), or for VGGT also a .pt/.pth/.safetensors state dict. A hub id
-    is refused: weights are never downloaded implicitly."""
-    module_name, install = PROVIDERS[name]
-    try:
-        __import__(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"vgpa score: --geometry {name} needs the {module_name} package ({exc}); install it with "
-                         f"`{install}`, or pass --geometry DIR with precomputed geometry files") from exc
-    if model_path is None:
-        raise SystemExit(f"vgpa score: --geometry {name} needs --model-path, a local checkpoint; weights are never "
-                         "downloaded (fetch them once, e.g. with `huggingface-cli download`, and pass the folder)")
-    path = Path(model_path)
-    if not path.exists():
-        raise SystemExit(f"vgpa score: --model-path {path} does not exist (a local checkpoint folder or file; "
-                         "weights are never downloaded)")
+    ``huggingface-cli download``), or for VGGT also a .pt/.pth/.safetensors state dict."""
+    path = check_geometry_model(name, model_path)
     from . import geometry
 
     if name == "da3":
-        if not path.is_dir():
-            raise SystemExit(f"vgpa score: --geometry da3 takes a checkpoint folder as --model-path, got {path}")
         return geometry.DepthAnything3Provider.from_pretrained(str(path), device=device)
     if path.is_dir():
         return geometry.VGGTProvider.from_pretrained(str(path), device=device)
@@ -179,6 +482,7 @@ class Source:
     size: int
     geometry_dir: Optional[Path] = None
     provider: Optional[object] = None
+    accept_truncated: bool = False  # score a video that decodes fewer frames than its container reports
 
     def video_file(self, video_path: str) -> Path:
         path = Path(video_path)
@@ -189,23 +493,29 @@ class Source:
 
         return Path(geometry_path_for(self.video_file(video_path), self.geometry_dir))
 
+    def read(self, video_path: str):
+        """The video's frames; a truncated video raises TruncatedVideoError unless accepted."""
+        from .video import read_video
+
+        return read_video(self.video_file(video_path), self.num_frames, size=self.size,
+                          truncated="warn" if self.accept_truncated else "error")
+
     def load(self, video_path: str):
         """(frames (T, 3, H, W) uint8 at the geometry's resolution, geometry); raises with the
         reason when the video or its geometry cannot be used. The frames are the geometry's own
         (the frames it was computed from) when it holds them, else the ones read from the video."""
-        from .video import read_video
-
-        file = self.video_file(video_path)
         if self.geometry_dir is not None:  # check the geometry first: no decode for a video without one
             from .geometry import load_geometry
 
             geometry_file = self.geometry_file(video_path)
-            if not geometry_file.is_file():
+            if not geometry_file.exists():
                 raise FileNotFoundError(f"no geometry file {geometry_file}")
+            if not geometry_file.is_file():  # a FIFO would block the read
+                raise ValueError(f"the geometry file {geometry_file} is not a regular file")
             geometry = load_geometry(geometry_file)
-            frames = read_video(file, self.num_frames, size=self.size)
+            frames = self.read(video_path)
         else:
-            frames = read_video(file, self.num_frames, size=self.size)
+            frames = self.read(video_path)
             geometry = self.provider(frames)
         steps, height, width = geometry.depth.shape
         if steps != frames.shape[0]:
@@ -251,7 +561,13 @@ def _with_previous(video: dict, previous: Optional[dict]) -> dict:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    from .video import TruncatedVideoError
+
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TruncatedVideoError):
+        text += ("; the frames sampled from what decodes are not the frames its geometry was made from "
+                 "(--accept-truncated scores it, for geometry made from the same decode)")
+    return text
 
 
 def score_group(group: dict, done: dict, source: Source, options: dict, progress) -> tuple:
@@ -319,7 +635,8 @@ def build_parser(prog: str = "vgpa score") -> argparse.ArgumentParser:
                              "that model (with --model-path)")
     parser.add_argument("--model-path", help="local checkpoint of the --geometry model (never downloaded)")
     parser.add_argument("--out", type=Path, required=True,
-                        help="the scored groups file; an existing one is resumed (its scored videos are kept)")
+                        help="the scored groups file; an existing one is resumed (its scored videos are kept) when "
+                             "it was scored with the same score options; locked for the run")
     parser.add_argument("--num-frames", type=int, default=10, help="frames sampled uniformly from each video")
     parser.add_argument("--size", type=int, default=518, help="frames are centre-cropped and resized to size x size")
     parser.add_argument("--conf-threshold", type=float, default=0.0,
@@ -333,7 +650,11 @@ def build_parser(prog: str = "vgpa score") -> argparse.ArgumentParser:
                         help="the summary's pairs leave out videos with less motion")
     parser.add_argument("--batch-size", type=int, help="at most this many videos per stacked op call (default: all)")
     parser.add_argument("--device", help="default: the GPU when there is one (cuda:LOCAL_RANK), else the CPU")
-    parser.add_argument("--backend", default="auto", help="vgpa backend of the ops")
+    parser.add_argument("--accept-truncated", action="store_true",
+                        help="score a video that decodes fewer frames than its container reports, from the frames "
+                             "that decode, instead of failing it: for geometry made from that same decode")
+    parser.add_argument("--backend", default="auto", choices=("auto",) + _backend.BACKENDS,
+                        help="vgpa backend of the ops")
     parser.add_argument("--no-progress", action="store_true", help="print no progress bar or lines")
     return parser
 
@@ -398,83 +719,153 @@ def summarize(groups: list, counts: Counts, min_gap: float, min_motion: float) -
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def say(text: str, stream=None) -> None:
+    """Prints ``text`` on ``stream`` (stdout), escaping what its encoding cannot hold (a group id
+    in another script under an ASCII locale) instead of failing at the end of a run."""
+    stream = sys.stdout if stream is None else stream
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True)
+
+
+def _check_arguments(args: argparse.Namespace) -> tuple:
+    """The metric names; every argument checked before anything is read or written."""
     try:
         names = scoring.resolve_metrics(args.metrics)
     except ValueError as exc:
-        raise SystemExit(f"vgpa score: --metrics {args.metrics}: {exc}") from None
+        raise CommandError(f"--metrics {args.metrics}: {exc}") from None
     missing = [name for name in REQUIRED_METRICS if name not in names]
     if missing:
-        raise SystemExit(f"vgpa score: --metrics must include {missing}: the trainer ranks videos by "
-                         "consistency_score (3DCS) and leaves out static ones by motion_norm")
+        raise CommandError(f"--metrics must include {missing}: the trainer ranks videos by consistency_score (3DCS) "
+                           "and leaves out static ones by motion_norm")
     if args.num_frames < 2:
-        raise SystemExit(f"vgpa score: --num-frames must be >= 2 (the scores compare frames), got {args.num_frames}")
+        raise CommandError(f"--num-frames must be >= 2 (the scores compare frames), got {args.num_frames}")
     if args.size < 1:
-        raise SystemExit(f"vgpa score: --size must be >= 1, got {args.size}")
+        raise CommandError(f"--size must be >= 1, got {args.size}")
     if args.batch_size is not None and args.batch_size < 1:
-        raise SystemExit(f"vgpa score: --batch-size must be >= 1, got {args.batch_size}")
+        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.conf_threshold < 100:
-        raise SystemExit(f"vgpa score: --conf-threshold is a percentage in [0, 100), got {args.conf_threshold}")
+        raise CommandError(f"--conf-threshold is a percentage in [0, 100), got {args.conf_threshold}")
+    return names
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    if args.device:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise CommandError(f"--device {args.device}: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CommandError(f"--device {args.device}, but torch sees no CUDA GPU")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _check_backend(backend: str, device: torch.device) -> None:
+    """A backend that cannot run on ``device`` (or a bad VGPA_BACKEND under auto) is refused here,
+    not once per video."""
+    try:
+        _backend.resolve(backend, device, f"--backend {backend} on {device}")
+    except (ValueError, _backend.BackendUnavailableError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _agree(world: int, error: Optional[CommandError], payload):
+    """Every process learns whether any process failed its checks (each then stops with that
+    error, none waits for the others in a collective), and gets the main process's ``payload``."""
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (None if error is None else (str(error), error.code), payload))
+        failed = next((entry[0] for entry in gathered if entry[0] is not None), None)
+        if error is None and failed is not None:
+            error = CommandError(*failed)
+        payload = gathered[0][1]
+    if error is not None:
+        raise error
+    return payload
+
+
+def run(args: argparse.Namespace) -> int:
+    names = _check_arguments(args)
     groups = load_groups(args.input)
-    done = previous_results(args.out, groups)
+    source = Source(root=args.input.resolve().parent, num_frames=args.num_frames, size=args.size,
+                    accept_truncated=args.accept_truncated)
+    if args.geometry in PROVIDERS:
+        check_geometry_model(args.geometry, args.model_path)
+    else:
+        source.geometry_dir = Path(args.geometry)
+        if not source.geometry_dir.is_dir():
+            raise CommandError(f"--geometry {args.geometry}: not a folder, nor one of {sorted(PROVIDERS)}")
+        _check_geometry_names(groups, source)
+    recorded = score_options(args)
 
     rank, world, initialised = _distributed()
     try:
-        if args.device:
-            device = torch.device(args.device)
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise SystemExit(f"vgpa score: --device {args.device}, but torch sees no CUDA GPU")
-        elif torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        else:
-            device = torch.device("cpu")
-        source = Source(root=args.input.resolve().parent, num_frames=args.num_frames, size=args.size)
-        if args.geometry in PROVIDERS:
-            source.provider = load_geometry_model(args.geometry, args.model_path, device)
-        else:
-            source.geometry_dir = Path(args.geometry)
-            if not source.geometry_dir.is_dir():
-                raise SystemExit(f"vgpa score: --geometry {args.geometry}: not a folder, nor one of "
-                                 f"{sorted(PROVIDERS)}")
-            _check_geometry_names(groups, source)
-        options = dict(metrics=names, conf_threshold=args.conf_threshold, backend=args.backend, device=device,
-                       batch_size=args.batch_size)
-
-        mine = list(range(rank, len(groups), world))
-        advance, close = _progress(sum(len(groups[k]["videos"]) for k in mine), not args.no_progress, rank)
-        # What the output holds before this run scores anything: the input, with the scores resumed.
-        state = [{**group, "videos": [_with_previous(v, done.get((group["group_id"], v["video_path"])))
-                                      for v in group["videos"]]} for group in groups]
-        total = Counts()
-        try:
-            for start in range(0, len(groups), world):  # one round: one group per process
-                index = start + rank
-                record = None
-                if index < len(groups):
-                    scored, counts = score_group(groups[index], done, source, options, advance)
-                    record = (index, scored, counts)
-                records = [record]
-                if world > 1:
-                    import torch.distributed as dist
-
-                    records = [None] * world if rank == 0 else None
-                    dist.gather_object(record, records, dst=0)
+        with contextlib.ExitStack() as stack:
+            error, done, writer, state = None, {}, None, None
+            try:
+                device = _device(args)
+                _check_backend(args.backend, device)
                 if rank == 0:
-                    for entry in records:
-                        if entry is not None:
-                            state[entry[0]] = entry[1]
-                            total.add(entry[2])
-                    write_atomically(args.out, {"groups": state})
-        finally:
-            close()
-        if rank == 0:
-            print(summarize(state, total, args.min_gap, args.min_motion))
+                    done, state, writer = claim_output(args, groups, recorded, stack)
+            except CommandError as exc:
+                error = exc
+            done = _agree(world, error, done)
+
+            if source.geometry_dir is None:
+                source.provider = load_geometry_model(args.geometry, args.model_path, device)
+            options = dict(metrics=names, conf_threshold=args.conf_threshold, backend=args.backend, device=device,
+                           batch_size=args.batch_size)
+            mine = list(range(rank, len(groups), world))
+            advance, close = _progress(sum(len(groups[k]["videos"]) for k in mine), not args.no_progress, rank)
+            total = Counts()
+            try:
+                for start in range(0, len(groups), world):  # one round: one group per process
+                    index = start + rank
+                    record = None
+                    if index < len(groups):
+                        scored, counts = score_group(groups[index], done, source, options, advance)
+                        record = (index, scored, counts)
+                    records = [record]
+                    if world > 1:
+                        import torch.distributed as dist
+
+                        records = [None] * world if rank == 0 else None
+                        dist.gather_object(record, records, dst=0)
+                    if rank == 0:
+                        for entry in records:
+                            if entry is not None:
+                                state[entry[0]] = entry[1]
+                                total.add(entry[2])
+                        try:
+                            writer.write({OPTIONS_KEY: recorded, "groups": state})
+                        except OSError as exc:
+                            raise CommandError(f"--out {args.out} cannot be written ({exc.strerror or exc}); it holds "
+                                               "what was scored before: rerun to resume", EXIT_FAILED) from exc
+            finally:
+                close()
+            code = 0
+            if rank == 0:
+                say(summarize(state, total, args.min_gap, args.min_motion))
+                if not any(_is_scored(video) for group in state for video in group["videos"]):
+                    say(f"vgpa score: every video failed, {args.out} holds no score (the reasons are in its "
+                        "'error' fields)", sys.stderr)
+                    code = EXIT_FAILED
+            if world > 1:
+                import torch.distributed as dist
+
+                codes = [code]
+                dist.broadcast_object_list(codes, src=0)
+                code = codes[0]
+            return code
     finally:
         if initialised:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    return 0
 
 
 def _check_geometry_names(groups: list, source: Source) -> None:
@@ -496,5 +887,5 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except InputFileError as exc:
-        parser.exit(2, f"vgpa score: {exc}\n")
+    except CommandError as exc:
+        parser.exit(exc.code, f"vgpa score: {exc}\n")

@@ -6,6 +6,7 @@ OpenCV is an optional dependency (``pip install "vgpa[video]"``), imported on fi
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VideoReadError", "VideoWriteError", "prepare_frames", "read_video", "sample_indices", "write_video"]
+__all__ = ["TruncatedVideoError", "VideoReadError", "VideoWriteError", "prepare_frames", "read_video", "sample_indices",
+           "write_video"]
 
 # The container each writable suffix gets: mp4v (MPEG-4 part 2) goes through OpenCV's FFmpeg
 # backend, which stores even sides only; Motion-JPEG AVI through OpenCV's built-in writer, which
@@ -29,6 +31,16 @@ class VideoReadError(OSError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read video {self.path}: {reason}")
+
+
+class TruncatedVideoError(VideoReadError):
+    """A video that decodes fewer frames than its container reports (``read_video(...,
+    truncated="error")``): ``reported`` and ``decoded`` are the two counts."""
+
+    def __init__(self, path, reported: int, decoded: int):
+        self.reported = reported
+        self.decoded = decoded
+        super().__init__(path, f"{reported} frames reported but only {decoded} decode (a truncated or damaged file)")
 
 
 class VideoWriteError(OSError):
@@ -158,11 +170,24 @@ def prepare_frames(frames: Tensor, size: int | None = 518, crop: str | None = "c
 # Reading
 
 
+# What a path that is not a regular file is, for the error: opening a FIFO (or a device) for
+# reading can block forever, so such a path is refused before it is opened.
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
 def _check_readable(path: Path):
-    if not path.exists():
-        raise VideoReadError(path, "no such file")
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise VideoReadError(path, "no such file") from None
+    except OSError as exc:
+        raise VideoReadError(path, f"the file cannot be opened ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
         raise VideoReadError(path, "it is a directory")
+    if not stat.S_ISREG(mode):
+        kind = next((f"it is {name}, not" for test, name in _FILE_KINDS if test(mode)), "it is not")
+        raise VideoReadError(path, f"{kind} a regular file (reading it could block)")
     try:
         with open(path, "rb") as f:
             first = f.read(1)
@@ -227,7 +252,7 @@ def _reported_frame_count(path: Path, cv2) -> int:
 
 
 def read_video(path, num_frames: int | None = 10, *, size: int | None = 518, crop: str | None = "center",
-               dtype: torch.dtype = torch.uint8) -> Tensor:
+               dtype: torch.dtype = torch.uint8, truncated: str = "warn") -> Tensor:
     """Reads ``num_frames`` RGB frames sampled uniformly from a video file, prepared as VideoGPA
     prepares them for the geometry model.
 
@@ -242,11 +267,14 @@ def read_video(path, num_frames: int | None = 10, *, size: int | None = 518, cro
     count that decodes differs from the reported one (a truncated stream, a wrong header), the
     video is decoded a second time to read the frames sampled from what decodes; fewer frames
     than reported also gives a ``UserWarning`` naming the file (a truncated file often still
-    opens and decodes its first frames).
+    opens and decodes its first frames); with ``truncated="error"`` it raises
+    :class:`TruncatedVideoError` instead, for callers that pair the frames with data made from
+    another decode of the video (e.g. its geometry).
 
     Returns (T, 3, size, size) on the CPU: uint8, or float32 = uint8 / 255 in [0, 1] (the
     resize runs on the uint8 frames). Raises :class:`VideoReadError` (an ``OSError``) naming the
-    file for a missing, empty, unreadable, corrupted or undecodable file.
+    file for a missing, empty, unreadable, corrupted or undecodable file, and for a path that is
+    not a regular file (a FIFO or a device, refused before it is opened: reading one could block).
     """
     op = "read_video"
     _check_num_frames(op, num_frames)
@@ -254,6 +282,8 @@ def read_video(path, num_frames: int | None = 10, *, size: int | None = 518, cro
     _check_crop(op, crop)
     if dtype not in (torch.uint8, torch.float32):
         raise ValueError(f"{op}: dtype must be torch.uint8 or torch.float32, got {dtype!r}")
+    if truncated not in ("warn", "error"):
+        raise ValueError(f'{op}: truncated must be "warn" or "error", got {truncated!r}')
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
@@ -271,6 +301,8 @@ def read_video(path, num_frames: int | None = 10, *, size: int | None = 518, cro
     kept, total = _decode(path, wanted, size, crop, cv2)
     if total == 0:
         raise VideoReadError(path, "no frame could be decoded (an empty, truncated or corrupted stream)")
+    if total < reported and truncated == "error":
+        raise TruncatedVideoError(path, reported, total)
     if total < reported:
         warnings.warn(f"read_video: {path}: {reported} frames reported but only {total} decode "
                       "(a truncated or damaged file?); sampling from the frames that decode", stacklevel=2)
