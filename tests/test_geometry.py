@@ -410,10 +410,19 @@ def test_load_rejects_files_that_are_not_a_geometry(tmp_path):
     np.save(array, np.ones(3))
     text = tmp_path / "text.npz"
     text.write_text("hello")
-    for path, match in [(garbage, "not a readable .npz"), (array, "a .npy array"), (text, "not a readable .npz"),
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    binary = tmp_path / "binary.npz"
+    binary.write_bytes(b"\x00\xff\x10 other bytes")
+    for path, match in [(garbage, "not a readable .npz"), (array, "a .npy array"),
+                        (text, "not a readable .npz: it holds text, starting 'hello'"),
+                        (empty, "not a readable .npz: it is empty"),
+                        (binary, "not a readable .npz: it starts with the bytes"),
                         (other, "no 'vgpa_geometry' key; it holds \\['depth', 'image'\\]")]:
-        with pytest.raises(ValueError, match=f"{path.name} is not a vgpa Geometry file.*{match}"):
+        with pytest.raises(ValueError, match=f"^Geometry.load: .*{path.name} is not a vgpa Geometry file.*{match}") \
+                as raised:
             Geometry.load(path)
+        assert "pickle" not in str(raised.value)  # numpy's guess for a file that is neither .npz nor .npy
     good = record()
     newer = tmp_path / "newer.npz"
     np.savez(newer, vgpa_geometry=np.array(2), **{k: v.numpy() for k, v in good.items()})

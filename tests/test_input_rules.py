@@ -309,6 +309,42 @@ def _error_cases():
         ("background string", lambda: vgpa.render_points(points, colors, intrinsics, extrinsics, 8, 8,
                                                          background="red"),
          TypeError, r"^render_points: background must be a number or 3 numbers"),
+    ] + _singular_camera_cases(depth, intrinsics, extrinsics, frames)
+
+
+def _singular_camera_cases(depth, intrinsics, extrinsics, frames):
+    """A singular K or E, and an E whose last row is not [0, 0, 0, 1], through every op that
+    inverts cameras: the message names the op, the argument and the frame."""
+    singular_k, singular_e, bad_row = intrinsics.clone(), extrinsics.clone(), extrinsics.clone()
+    singular_k[0, 1] = 0
+    singular_e[0, 2, :3, :3] = 0
+    bad_row[0, 1, 3, 0] = 1
+    k_message = r"intrinsics matrix K at index \(0, 1\) is singular or not finite"
+    cases = []
+    for backend in ("cpu", "torch"):
+        cases += [
+            (f"reprojection singular K {backend}", lambda b=backend: vgpa.reprojection_error(depth, singular_k,
+                                                                                             extrinsics, backend=b),
+             geometry.SingularCameraError, r"^reprojection_error: " + k_message),
+            (f"normal_stability singular K {backend}", lambda b=backend: vgpa.normal_stability(depth, singular_k,
+                                                                                               extrinsics, backend=b),
+             geometry.SingularCameraError, r"^normal_stability: " + k_message),
+            (f"depth_to_normals singular K {backend}", lambda b=backend: vgpa.depth_to_normals(depth, singular_k,
+                                                                                               backend=b),
+             geometry.SingularCameraError, r"^depth_to_normals: intrinsics matrix K at index \(1,\) is singular"),
+            (f"mvcs singular E {backend}", lambda b=backend: metrics.mvcs(depth, intrinsics, singular_e, backend=b),
+             geometry.SingularCameraError, r"^mvcs: extrinsics matrix E at index \(0, 2\) is singular"),
+            (f"unproject_depth E last row {backend}",
+             lambda b=backend: vgpa.unproject_depth(depth, intrinsics, bad_row, backend=b),
+             ValueError, r"^unproject_depth: extrinsics matrix E must have the last row \[0, 0, 0, 1\]"),
+        ]
+    return cases + [
+        ("point_cloud singular K", lambda: vgpa.point_cloud(depth, singular_k, extrinsics, frames),
+         geometry.SingularCameraError, r"^point_cloud: " + k_message),
+        ("point_cloud singular E", lambda: vgpa.point_cloud(depth, intrinsics, singular_e, frames),
+         geometry.SingularCameraError, r"^point_cloud: extrinsics matrix E at index \(0, 2\) is singular"),
+        ("SingularCameraError is a ValueError", lambda: vgpa.reprojection_error(depth, singular_k, extrinsics),
+         ValueError, r"^reprojection_error: " + k_message),
     ]
 
 

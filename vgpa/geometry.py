@@ -9,6 +9,7 @@ package is imported here: the providers call a model the caller has loaded, and 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import math
 import os
@@ -207,6 +208,7 @@ class Geometry:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Geometry.load: {path}: no such file")
+        _check_archive_start(path)
         try:
             archive = np.load(path, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -235,6 +237,33 @@ class Geometry:
             return cls(**{name: torch.from_numpy(arrays[name]) if name in arrays else None for name in _FIELDS})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"Geometry.load: {path} holds an invalid Geometry: {exc}") from exc
+
+
+# The first bytes of the files np.load reads: a zip archive (.npz; an empty one starts with its end
+# record) and a .npy array. Anything else np.load would try to unpickle, and with
+# allow_pickle=False say only that the file holds "pickled data".
+_ARCHIVE_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+_ARRAY_START = b"\x93NUMPY"
+
+
+def _check_archive_start(path: Path) -> None:
+    """Raises ValueError naming ``path`` when the file is neither an .npz nor a .npy file."""
+    with open(path, "rb") as f:
+        start = f.read(64)
+    if start.startswith(_ARCHIVE_STARTS) or start.startswith(_ARRAY_START):
+        return
+    try:  # an incremental decoder accepts a character cut at the end of the 64 bytes
+        text = codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+    except UnicodeDecodeError:
+        text = None
+    if not start:
+        what = "it is empty"
+    elif text is not None and all(c.isprintable() or c.isspace() for c in text):
+        what = f"it holds text, starting {text[:32]!r}"
+    else:
+        what = f"it starts with the bytes {start[:8]!r}"
+    raise ValueError(f"Geometry.load: {path} is not a vgpa Geometry file (not a readable .npz: {what}); pass the "
+                     ".npz file that Geometry.save wrote")
 
 
 def load_geometry(path) -> Geometry:
