@@ -155,7 +155,8 @@ def test_a_cloud_whose_last_video_is_empty_renders_on_every_backend(backend, dev
     assert (consistency.coverage[1] == 0).all()
     score = metrics.consistency_score(cloud, None, k, e, f, backend=backend,
                                       lpips=lambda a, b: (a - b).abs().mean((1, 2, 3)))
-    assert torch.isfinite(score).all()
+    # 3DCS is undefined for the video without a point (nothing to compare), defined for the other.
+    assert torch.isfinite(score[0]) and torch.isnan(score[1])
     # Padded, with the last video's count 0.
     padded = cloud.points[:4].reshape(1, 4, 3).expand(2, 4, 3)
     out = vgpa.render_points(padded, torch.rand(2, 4, 3, device=dev), k, e, height, width, counts=[4, 0],

@@ -136,11 +136,61 @@ def test_undefined_scores_are_nan_not_numbers():
     video = _mixed_videos()[0]
     video["depth"] = torch.zeros_like(video["depth"])  # no valid depth at all
     scores = scoring.score_videos([video], device="cpu")[0]
-    for key in ("mvcs", "normal_stability", "reprojection_abs_rel"):
+    for key in ("mvcs", "normal_stability", "reprojection_abs_rel", "consistency_score", "3dcs"):
         assert math.isnan(scores[key]), key
-    # An empty cloud renders the background (0): 3DCS is the frames' mean square.
-    frames = video["frames"].float() / 255
-    assert scores["3dcs"] == pytest.approx(frames.square().mean().item(), rel=1e-5)
+    assert math.isfinite(scores["motion_norm"])  # the cameras still move
+
+
+def _without_usable_geometry(video, how):
+    """``video`` with dark frames and geometry that leaves no point to render."""
+    video = dict(video, frames=torch.zeros_like(video["frames"]))  # what an empty render matches best
+    if how == "nan depth":
+        video["depth"] = torch.full_like(video["depth"], float("nan"))
+    elif how == "no confident pixel":  # VideoGPA's filter keeps confidences > 1e-5 only
+        video["confidence"] = torch.full_like(video["depth"], 1e-6)
+    return video
+
+
+@pytest.mark.parametrize("how", ["nan depth", "no confident pixel"])
+@pytest.mark.parametrize("lpips", [False, True])
+def test_a_video_without_usable_geometry_has_no_3dcs_and_never_wins(how, lpips):
+    """An empty cloud used to score the mean square of the frames: dark frames scored about 0 and
+    won their group. Its 3DCS is undefined, so the trainer's pair selection skips it."""
+    generator = torch.Generator().manual_seed(3)
+    videos = [_video(generator, 4, 16) for _ in range(3)]
+    videos.insert(1, _without_usable_geometry(_video(generator, 4, 16), how))
+    distance = (lambda render, frame: (render - frame).abs().mean((1, 2, 3))) if lpips else None
+    scores = scoring.score_videos(videos, metrics="3dcs,motion", conf_threshold=10.0, lpips=distance, device="cpu")
+    keys = ("consistency_score", "3dcs") + (("3dcs_lpips",) if lpips else ())
+    assert all(math.isnan(scores[1][key]) for key in keys)
+    assert all(math.isfinite(s[key]) for s in scores[:1] + scores[2:] for key in keys)
+    assert math.isfinite(scores[1]["motion_norm"])
+    from vgpa.training.data import select_videogpa_pair
+
+    winner, _ = select_videogpa_pair(scores, min_gap=0.0)
+    assert winner is not scores[1]
+    assert winner["consistency_score"] == min(s["consistency_score"] for s in scores[:1] + scores[2:])
+
+
+def test_3dcs_is_undefined_only_where_nothing_lands_in_any_frame():
+    generator = torch.Generator().manual_seed(4)
+    video = _video(generator, 3, 12)
+    K, E = video["intrinsics"][None].expand(3, 3, 3, 3), video["extrinsics"][None].expand(3, 3, 4, 4)
+    frames = video["frames"][None].expand(3, 3, 3, 12, 12).float() / 255
+    ahead = torch.tensor([[0.0, 0.0, 2.0]])
+    behind = torch.tensor([[0.0, 0.0, -2.0]])  # behind every camera: lands nowhere
+    points = torch.cat([ahead, behind])  # video 0 one point ahead, video 1 one behind, video 2 none
+    cloud = vgpa.PointCloud(points, torch.rand(2, 3, generator=generator), torch.tensor([1, 1, 0]))
+    for masked in (False, True):
+        score = metrics.consistency_score(cloud, None, K, E, frames, masked=masked, backend="torch")
+        assert torch.isfinite(score[0]) and score[1:].isnan().all(), masked
+    # A video whose points land in some frames only is scored (the empty frames count as VideoGPA counts them).
+    only_first = E.clone()
+    only_first[0, 1:, 2, 3] = -10.0  # frames 1 and 2 moved in front of the point
+    render = vgpa.render_consistency(cloud, None, K, only_first, frames, backend="torch")
+    assert render.coverage[0, 0] > 0 and (render.coverage[0, 1:] == 0).all()
+    score = metrics.consistency_score(cloud, None, K, only_first, frames, backend="torch")
+    assert score[0] == render.mse[0].mean()
 
 
 def test_bad_arguments_name_the_problem():

@@ -34,6 +34,8 @@ ERROR_KEY = "error"
 # Every key a metric may write; a video's previous scores are these keys.
 SCORE_FIELDS = tuple(dict.fromkeys(key for metric in scoring.METRICS.values() for key in metric.keys))
 REQUIRED_METRICS = ("3dcs", "motion")  # what the trainer ranks by and filters by
+# The keys the pair selection reads: a video with one of them undefined is not ranked.
+PAIRING_KEYS = (scoring.SCORE_KEY, scoring.MOTION_KEY)
 
 
 class InputFileError(ValueError):
@@ -286,12 +288,14 @@ def score_group(group: dict, done: dict, source: Source, options: dict, progress
         if isinstance(result, Exception):
             entry[ERROR_KEY] = _describe(result)
         else:
-            undefined = sorted(key for key, value in result.items() if not math.isfinite(value))
-            if undefined:
-                entry[ERROR_KEY] = (f"undefined score(s) {undefined} (NaN or inf: e.g. no valid depth, or no frame "
-                                    "pair with a valid pixel)")
-            else:
-                entry.update(result)
+            # Only the undefined metrics fail (written as null); the video leaves the pairing only
+            # when one the pair selection reads is undefined.
+            entry.update({key: value if math.isfinite(value) else None for key, value in result.items()})
+            unranked = [key for key in PAIRING_KEYS if key in result and not math.isfinite(result[key])]
+            if unranked:
+                undefined = sorted(key for key, value in result.items() if not math.isfinite(value))
+                entry[ERROR_KEY] = (f"not ranked: {' and '.join(unranked)} undefined (e.g. no valid depth or "
+                                    f"confidence, so no point to render); undefined score(s) {undefined}")
         videos[position] = entry
     for position, entry in enumerate(videos):
         if ERROR_KEY in entry:

@@ -92,7 +92,9 @@ def _three_dcs(batch: VideoBatch, options: ScoringOptions) -> dict:
                                        lpips_weight=options.lpips_weight, backend=options.backend)
     out = {SCORE_KEY: score, "3dcs": score}
     if distances:
-        out["3dcs_lpips"] = distances[0].reshape(batch.depth.shape[:2]).to(score.dtype).mean(1)
+        lpips_mean = distances[0].reshape(batch.depth.shape[:2]).to(score.dtype).mean(1)
+        # Where 3DCS is undefined (nothing rendered) its LPIPS part is too.
+        out["3dcs_lpips"] = torch.where(score.isnan(), score, lpips_mean)
     return out
 
 
