@@ -348,10 +348,15 @@ def test_geometry_conversions_and_properties():
                 for key, value in good.items()}
     as_numpy["extrinsics"] = as_numpy["extrinsics"][:, :3]  # (T, 3, 4) is completed
     geometry = Geometry(**as_numpy)
-    for field in ("depth", "confidence", "intrinsics", "extrinsics"):
+    for field in ("depth", "confidence", "intrinsics"):
         value = getattr(geometry, field)
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, good[field])
+    # The cameras place the world: float64 is kept (a float32 coordinate of 1e6 is off by 0.06).
+    assert geometry.extrinsics.dtype == torch.float64
+    torch.testing.assert_close(geometry.extrinsics, good["extrinsics"].double())
+    half = Geometry(**{**good, "extrinsics": good["extrinsics"].half()})
+    assert half.extrinsics.dtype == torch.float32
     assert torch.equal(geometry.frames, good["frames"])
     assert (geometry.num_frames, geometry.height, geometry.width) == (2, 4, 6)
     assert geometry.device == torch.device("cpu")
@@ -370,6 +375,22 @@ def test_world_points_match_the_unprojection_formula():
     expected = unproject(geometry.depth, geometry.intrinsics, geometry.extrinsics).float()
     torch.testing.assert_close(geometry.world_points(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(geometry.world_points(backend="torch"), expected, atol=1e-5, rtol=1e-5)
+    # float64 cameras 1e9 from the origin: the points in float64, to its rounding of the cameras.
+    far = good["extrinsics"].double()
+    far[:, :3, 3] += 1e9
+    geometry = Geometry(**{**good, "extrinsics": far})
+    points = geometry.world_points()
+    assert points.dtype == torch.float64
+    torch.testing.assert_close(points, unproject(geometry.depth, geometry.intrinsics, far), atol=1e-6, rtol=0)
+
+
+def test_float64_cameras_survive_a_file(tmp_path):
+    good = record(seed=7)
+    far = good["extrinsics"].double()
+    far[:, :3, 3] += 1e9 + 0.125  # not a float32 number
+    geometry = Geometry(**{**good, "extrinsics": far})
+    loaded = Geometry.load(geometry.save(tmp_path / "far.npz"))
+    assert loaded.extrinsics.dtype == torch.float64 and torch.equal(loaded.extrinsics, far)
 
 
 # --------------------------------------------------------------------------------------------

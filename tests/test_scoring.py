@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from geometry_inputs import rotation
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import vgpa
 from vgpa import metrics, scoring
+from vgpa.geometry import Geometry
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "score_demo.py"
 
@@ -102,7 +106,8 @@ def test_scores_are_the_ops_results():
             # Mean over the pairs with a valid pixel (all of them here).
             "reprojection_abs_rel": warp.error[0][warp.valid_count[0] > 0].mean().item(),
             "normal_stability": normals.error[0][normals.valid_count[0] > 0].mean().item(),
-            "motion_norm": metrics.motion_score(E).item(),
+            # Motion in the first camera's frame (the one score that depends on where the world is).
+            "motion_norm": metrics.motion_score(E.double() @ torch.linalg.inv(E[:, :1].double())).item(),
         }
         assert bool((warp.valid_count > 0).all()) and bool((normals.valid_count > 0).all())
         for key, value in expected.items():
@@ -268,3 +273,75 @@ def test_epipolar_metrics_are_the_epipolar_scores_of_the_frames():
         assert got["epipolar_robust"] == robust.score[b].item()
         assert got["epipolar_inlier_ratio"] == robust.inlier_ratio[b].item() > 0.5
     assert "epipolar" not in scoring.DEFAULT_METRICS  # asked for by name: it needs OpenCV
+
+
+# --------------------------------------------------------------------------------------------
+# Where the world is: scores do not depend on its origin or orientation
+
+
+def _smooth_scene(steps=4, size=24):
+    """A float64 record: a smooth wavy surface, smooth colours (so that float rounding never
+    moves a point onto a pixel of another colour by much), a camera turning and sliding from a
+    first pose away from the origin, and a confidence."""
+    generator = torch.Generator().manual_seed(11)
+    v, u = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                          indexing="ij")
+    depth = torch.stack([2.5 + 0.4 * torch.sin(u / 5 + t) + 0.3 * torch.cos(v / 7 - t) for t in range(steps)])
+    depth += 0.01 * torch.rand(depth.shape, generator=generator, dtype=torch.float64)
+    focal = 0.9 * size
+    intrinsics = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]], dtype=torch.float64)
+    extrinsics = torch.eye(4, dtype=torch.float64).repeat(steps, 1, 1)
+    step = torch.arange(steps, dtype=torch.float64)[:, None]
+    extrinsics[:, :3, :3] = rotation(step * torch.tensor([0.01, 0.03, 0.005], dtype=torch.float64))
+    extrinsics[:, :3, 3] = step * torch.tensor([-0.06, 0.01, 0.02], dtype=torch.float64) + torch.tensor(
+        [0.3, -0.2, 0.1], dtype=torch.float64)
+    frames = torch.stack([128 + 100 * torch.sin(u / 6 + 0.3 * t + c) for t in range(steps) for c in range(3)])
+    return {"depth": depth, "confidence": 1 + torch.rand(depth.shape, generator=generator, dtype=torch.float64),
+            "intrinsics": intrinsics.expand(steps, 3, 3), "extrinsics": extrinsics,
+            "frames": frames.view(steps, 3, size, size).round().to(torch.uint8)}
+
+
+def _world_change(axis_angle, direction, distance):
+    """(T, T^-1) of the rigid change X' = Q X + o, (4, 4) float64, with |o| = ``distance``."""
+    change = torch.eye(4, dtype=torch.float64)
+    change[:3, :3] = rotation(torch.tensor(axis_angle, dtype=torch.float64))
+    direction = torch.tensor(direction, dtype=torch.float64)
+    change[:3, 3] = distance * direction / direction.norm()
+    return change, torch.linalg.inv(change)
+
+
+WORLD_CHANGES = dict(
+    axis_angle=st.tuples(*[st.floats(-3.0, 3.0)] * 3),
+    direction=st.tuples(*[st.floats(-1.0, 1.0)] * 3).filter(lambda d: sum(x * x for x in d) > 1e-2),
+    exponent=st.floats(0.0, 1.0))
+# Every score but the epipolar ones, which read the frames alone.
+ALL_SCORES = ",".join(scoring.DEFAULT_METRICS)
+
+
+@pytest.mark.parametrize("dtype, farthest", [(torch.float32, 1e6), (torch.float64, 1e9)], ids=["float32", "float64"])
+@settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(**WORLD_CHANGES)
+@example(axis_angle=(0.5, -2.0, 1.0), direction=(0.6, -0.8, 0.3), exponent=1.0)  # always the farthest
+def test_scores_do_not_depend_on_where_the_world_is(dtype, farthest, axis_angle, direction, exponent):
+    """The same scene in a world rotated and moved by up to 1e6 (float32 cameras) or 1e9
+    (float64 cameras) scores as at the origin, to 1e-5 relative: the float32 rounding of the
+    cameras once they are re-expressed relative to the first one. With float32 cameras the
+    reference is the same float32 cameras moved back (in float64): float32 holds a coordinate of
+    1e6 to 0.06 only, so the cameras themselves differ from the scene at the origin by that much.
+    Before the fix, 3DCS and MVCS moved by 100% and more at such distances."""
+    scene = _smooth_scene()
+    change, inverse = _world_change(axis_angle, direction, farthest ** exponent)
+    moved = scene["extrinsics"] @ inverse  # E' = E T^-1 sees X' = T X where E saw X
+    if dtype == torch.float32:
+        moved = moved.float()
+        at_origin = moved.double() @ change
+    else:
+        at_origin = scene["extrinsics"]
+    far = Geometry(**dict(scene, extrinsics=moved))
+    near = Geometry(**dict(scene, extrinsics=at_origin))
+    assert far.extrinsics.dtype == dtype
+    got, want = scoring.score_videos([far, near], metrics=ALL_SCORES, conf_threshold=20.0, device="cpu")
+    assert set(got) == set(want) == {"consistency_score", "3dcs", "mvcs", "normal_stability",
+                                     "reprojection_abs_rel", "motion_norm"}
+    for key, value in want.items():
+        assert math.isfinite(value) and got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key

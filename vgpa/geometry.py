@@ -42,11 +42,13 @@ def _as_tensor(op, name, value):
     raise TypeError(f"{op}: {name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
 
 
-def _float32(op, name, value):
+def _float32(op, name, value, keep_float64=False):
+    """``value`` as a detached float32 tensor, or float64 when it is float64 and ``keep_float64``."""
     value = _as_tensor(op, name, value)
     if not value.is_floating_point():
         raise TypeError(f"{op}: {name} must be floating point, got dtype {value.dtype}")
-    return value.detach().to(torch.float32)
+    keep = keep_float64 and value.dtype == torch.float64
+    return value.detach().to(torch.float64 if keep else torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,12 +63,13 @@ class Geometry:
       and > 0.
     - ``confidence`` (T, H, W) float32 or None: larger = more confident.
     - ``intrinsics`` (T, 3, 3) float32: pinhole K in pixels at depth's resolution.
-    - ``extrinsics`` (T, 4, 4) float32: world-to-camera [R | t; 0 0 0 1] (OpenCV camera);
-      (T, 3, 4) is accepted and completed.
+    - ``extrinsics`` (T, 4, 4) float32, or float64 when given in float64: world-to-camera
+      [R | t; 0 0 0 1] (OpenCV camera); (T, 3, 4) is accepted and completed. World coordinates
+      far from the origin need float64 (float32 holds a coordinate of 1e6 to 0.06).
     - ``frames`` (T, 3, H, W) uint8 RGB or None: the frames the geometry was computed from, at
       depth's resolution.
 
-    Floating-point fields of another float dtype are converted to float32; numpy arrays are
+    Other floating-point fields of another float dtype are converted to float32; numpy arrays are
     accepted. Construction checks the shapes, dtypes, devices, that K and the camera matrices
     are finite, that K is invertible and that the last row of the extrinsics is [0, 0, 0, 1];
     errors name the field.
@@ -109,9 +112,9 @@ class Geometry:
             raise ValueError(f"{op}: intrinsics must be invertible; frame(s) "
                              f"{torch.nonzero(singular).flatten().tolist()} are singular")
 
-        extrinsics = same_device("extrinsics", _float32(op, "extrinsics", self.extrinsics))
+        extrinsics = same_device("extrinsics", _float32(op, "extrinsics", self.extrinsics, keep_float64=True))
         if extrinsics.shape == (steps, 3, 4):
-            bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=device).expand(steps, 1, 4)
+            bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=extrinsics.dtype, device=device).expand(steps, 1, 4)
             extrinsics = torch.cat([extrinsics, bottom], 1)
         if extrinsics.shape != (steps, 4, 4):
             raise ValueError(f"{op}: extrinsics must be (T, 4, 4) or (T, 3, 4) with T = {steps} (depth's frames), "
@@ -170,10 +173,11 @@ class Geometry:
     def world_points(self, backend: str = "auto") -> Tensor:
         """World points E^-1 (z K^-1 [u, v, 1]) of every pixel, (T, H, W, 3), through
         :func:`vgpa.unproject_depth` (invalid depths are unprojected as they are: mask them with
-        ``depth.isfinite() & (depth > 0)``)."""
+        ``depth.isfinite() & (depth > 0)``); float64 when the extrinsics are."""
         from .ops.reprojection_error import unproject_depth
 
-        return unproject_depth(self.depth[None], self.intrinsics[None], self.extrinsics[None], backend=backend)[0]
+        depth = self.depth.to(self.extrinsics.dtype)
+        return unproject_depth(depth[None], self.intrinsics[None], self.extrinsics[None], backend=backend)[0]
 
     # ----------------------------------------------------------------------------------------
     # Files
@@ -393,8 +397,9 @@ def from_vggt(predictions: Mapping, frames=None) -> Geometry:
         frames = _drop_batch(op, 'predictions["images"]', predictions["images"], 4)
     if frames is not None:
         frames = _frames_at(op, frames, steps, height, width).to(depth.device)
+    # VGGT's world is its first camera: float32 holds it, as it holds the model's outputs.
     return Geometry(depth=depth, confidence=confidence, intrinsics=intrinsics.to(depth.device),
-                    extrinsics=extrinsics.to(depth.device), frames=frames)
+                    extrinsics=extrinsics.to(device=depth.device, dtype=torch.float32), frames=frames)
 
 
 def _field(prediction, name):

@@ -21,6 +21,7 @@ from . import metrics as _metrics
 from .ops.normal_stability import normal_stability
 from .ops.point_cloud import point_cloud
 from .ops.reprojection_error import reprojection_error
+from .reference import geometry as _cameras
 
 OP = "score_videos"
 SCORE_KEY = "consistency_score"  # what the trainer ranks by: 3DCS, lower is better
@@ -210,6 +211,17 @@ def _field(geometry, name):
     return getattr(geometry, name, None)
 
 
+def relative_to_first_camera(extrinsics: Tensor) -> Tensor:
+    """World-to-camera poses (T, 4, 4) re-expressed with the first camera as the world, in
+    float64: E_t E_0^-1. Every score is invariant to a rigid change of the world, so this
+    changes none in exact arithmetic; it keeps the world coordinates that the float32 ops see
+    near the cameras, so that a scene far from its world's origin scores as it would at it.
+    A first camera at the origin (VGGT's convention) gives the poses unchanged, bit for bit."""
+    steps = extrinsics.shape[0]
+    pairs = torch.stack([torch.zeros(steps, dtype=torch.int64), torch.arange(steps)], 1).to(extrinsics.device)
+    return _cameras.relative_transform(extrinsics[None].to(torch.float64), pairs)[0]
+
+
 def _check_video(index, geometry, frames, needs_frames, conf_threshold):
     """(depth, confidence, intrinsics, extrinsics (T, 4, 4), frames or None) of one video,
     checked; errors name the video. ``needs_frames``: the names of the requested metrics that
@@ -243,6 +255,10 @@ def _check_video(index, geometry, frames, needs_frames, conf_threshold):
     if extrinsics.shape != (steps, 4, 4):
         raise ValueError(f"{where}: extrinsics must be (T, 4, 4) or (T, 3, 4) with T = {steps}, "
                          f"got {tuple(extrinsics.shape)}")
+    try:
+        extrinsics = relative_to_first_camera(extrinsics)
+    except _cameras.CameraError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     if frames is None:
         frames = _field(geometry, "frames")
     if frames is None:
@@ -286,10 +302,15 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
     - "mvcs" -> ``mvcs`` (higher is better, in (0, 1]).
     - "normal_stability" -> ``normal_stability`` (lower is better, in [0, 2]).
     - "reprojection" -> ``reprojection_abs_rel`` (lower is better).
-    - "motion" -> ``motion_norm`` (camera motion; not a quality: pairs drop videos below 0.001).
+    - "motion" -> ``motion_norm`` (camera motion relative to the first camera; not a quality:
+      pairs drop videos below 0.001).
     normal_stability and reprojection average over ``pairs`` (default consecutive frames) that
     have at least one valid pixel. A score that is undefined for a video (e.g. no pair with a
     valid pixel) is NaN, never a stand-in number.
+
+    Each video's cameras are first re-expressed relative to its first camera, in float64
+    (:func:`relative_to_first_camera`): no score depends on where the world's origin is, and
+    ``motion_norm`` is measured in the first camera's frame.
 
     Videos with the same frame count, resolution and confidence presence are stacked, at most
     ``batch_size`` at a time (default all), and each op runs once per stack on ``device``
