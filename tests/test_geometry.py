@@ -124,6 +124,52 @@ def test_from_vggt_depth_and_cameras_reproduce_world_points():
     torch.testing.assert_close(own, expected, atol=2e-4, rtol=1e-5)
 
 
+def test_from_vggt_keeps_the_point_heads_map():
+    """VideoGPA's 3DCS is built from VGGT's point head (world_points): the record carries it,
+    through its file too, and world_points(source="point_map") returns it."""
+    depth, axis_angle, translation, fx, fy = scene(steps=3, height=14, width=28, seed=2)
+    predictions = vggt_predictions(depth, axis_angle, translation, fx, fy)
+    predictions["world_points"] = predictions["world_points"] + 0.02  # a point head that disagrees
+    geometry = from_vggt(predictions)
+    assert geometry.point_map.dtype == torch.float32
+    assert torch.equal(geometry.point_map, predictions["world_points"][0])
+    assert torch.equal(geometry.world_points(source="point_map"), geometry.point_map)
+    torch.testing.assert_close(geometry.world_points(), predictions["world_points"][0] - 0.02, atol=2e-4, rtol=1e-5)
+    assert from_vggt(predictions, point_map=False).point_map is None
+    unbatched = {key: value[0].numpy() for key, value in predictions.items()}  # the VGGT demo's layout
+    assert torch.equal(from_vggt(unbatched).point_map, geometry.point_map)
+    without = {key: value for key, value in predictions.items() if key != "world_points"}
+    assert from_vggt(without).point_map is None
+    with pytest.raises(ValueError, match="source='point_map', but this record has no point map"):
+        from_vggt(without).world_points(source="point_map")
+    with pytest.raises(ValueError, match="source must be one of"):
+        geometry.world_points(source="pointmap")
+    wrong = dict(predictions, world_points=predictions["world_points"][:, :, :7])
+    with pytest.raises(ValueError, match=r'from_vggt: predictions\["world_points"\] has shape \(3, 7, 28, 3\)'):
+        from_vggt(wrong)
+
+
+def test_point_map_in_the_record_and_its_file(tmp_path):
+    good = record(steps=2, height=4, width=6, seed=8)
+    points = torch.randn(2, 4, 6, 3, dtype=torch.float64) + 1e8  # float64 kept, as for the cameras
+    geometry = Geometry(**good, point_map=points)
+    assert geometry.point_map.dtype == torch.float64 and torch.equal(geometry.point_map, points)
+    assert "point_map=Tensor(2, 4, 6, 3) torch.float64" in repr(geometry)
+    assert torch.equal(geometry.to("cpu").point_map, points)
+    path = geometry.save(tmp_path / "with_map.npz")
+    with np.load(path) as archive:
+        assert "point_map" in archive.files and archive["vgpa_geometry"] == 1
+    assert torch.equal(Geometry.load(path).point_map, points)
+    # A file written before the point map existed (no such key) loads, without one.
+    old = tmp_path / "old.npz"
+    np.savez(old, vgpa_geometry=np.array(1), **{k: v.numpy() for k, v in good.items()})
+    assert Geometry.load(old).point_map is None
+    with pytest.raises(ValueError, match=r"Geometry: point_map must be \(T, H, W, 3\) = \(2, 4, 6, 3\)"):
+        Geometry(**good, point_map=points[:, :3])
+    with pytest.raises(TypeError, match="Geometry: point_map must be floating point"):
+        Geometry(**good, point_map=points.long())
+
+
 def test_from_vggt_known_motion_projects_as_opencv():
     """Camera 1 is turned 90 degrees about its optical axis (quaternion (0, 0, sin 45, cos 45) in
     VGGT's x, y, z, w order) and its pose_enc translation is (-1, 0, 0): as camera-from-world,

@@ -232,6 +232,39 @@ def test_undefined_scores_fail_only_their_metrics(dataset, tmp_path, capsys):
     assert "scored 0, skipped 3 (already scored), failed 1 of 4 videos" in capsys.readouterr().out
 
 
+def test_videogpa_point_and_tie_options_reach_the_scores(dataset, tmp_path, capsys):
+    """--points point_map and --conf-ties all score as score_videos with those options; a video
+    whose geometry has no point map fails alone, naming the option."""
+    root = dataset.parent
+    good = json.loads((root / "groups.json").read_text())["groups"][1]["videos"]
+    (root / "with_map").mkdir(exist_ok=True)
+    generator = torch.Generator().manual_seed(9)
+    for position, video in enumerate(good[:3]):
+        geometry = load_geometry(root / "geometry" / f"{Path(video['video_path']).stem}.npz")
+        shutil.copy(root / video["video_path"], root / "with_map" / f"map_{position}.mp4")
+        confidence = (1 + torch.rand(geometry.depth.shape, generator=generator)).to(torch.bfloat16)  # ties
+        point_map = None if position == 2 else geometry.world_points() + 0.01 * torch.randn(
+            geometry.depth.shape + (3,), generator=generator)
+        Geometry(geometry.depth, confidence, geometry.intrinsics, geometry.extrinsics, geometry.frames,
+                 point_map=point_map).save(root / "geometry" / f"map_{position}.npz")
+    videos = [{"video_path": f"with_map/map_{position}.mp4"} for position in range(3)]
+    groups_file = _write_groups(root, [{"group_id": "maps", "videos": videos}], "maps.json")
+    out = tmp_path / "maps.json"
+    assert _score(groups_file, out, "--points", "point_map", "--conf-ties", "all", "--conf-threshold", 30) == 0
+    assert "scored 2, skipped 0 (already scored), failed 1" in capsys.readouterr().out
+    written = json.loads(out.read_text())["groups"][0]["videos"]
+    assert "points='point_map' builds 3DCS from the record's point map" in written[2]["error"]
+    geometries = [load_geometry(root / "geometry" / f"map_{position}.npz") for position in range(2)]
+    frames = [read_video(root / v["video_path"], FRAMES, size=SIZE) for v in videos[:2]]
+    expected = scoring.score_videos(geometries, frames=frames, conf_threshold=30, points="point_map", conf_ties="all")
+    assert [{k: v[k] for k in e} for v, e in zip(written, expected)] == expected
+    default = scoring.score_videos(geometries, frames=frames, conf_threshold=30)
+    assert all(d["3dcs"] != e["3dcs"] for d, e in zip(default, expected))
+    with pytest.raises(SystemExit, match="--points point_map needs a point map, which Depth Anything 3"):
+        cli.main(["score", str(groups_file), "--geometry", "da3", "--points", "point_map", "--out",
+                  str(tmp_path / "da3.json")])
+
+
 def test_bad_input_files_are_refused_with_the_reason(dataset, tmp_path, capsys):
     root = dataset.parent
     good = json.loads(dataset.read_text())["groups"]
@@ -299,7 +332,7 @@ def test_help_lists_the_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--geometry", "--out", "--num-frames", "--size", "--conf-threshold", "--metrics", "--min-gap",
-                 "--batch-size", "--device", "--model-path"):
+                 "--batch-size", "--device", "--model-path", "--points", "--conf-ties"):
         assert flag in text, flag
 
 

@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 
 from . import scoring
+from .geometry import POINT_SOURCES
+from .reference.render_points import CONF_TIES
 
 PROVIDERS = {
     # --geometry NAME: (module with the model class, install command)
@@ -328,6 +330,13 @@ def build_parser(prog: str = "vgpa score") -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=518, help="frames are centre-cropped and resized to size x size")
     parser.add_argument("--conf-threshold", type=float, default=0.0,
                         help="3DCS: keep the points above this confidence percentile (0 keeps all)")
+    parser.add_argument("--points", choices=POINT_SOURCES, default="depth",
+                        help="3DCS's points: 'depth' unprojects each depth with its camera; 'point_map' takes the "
+                             "geometry's point map (VGGT's point head), as VideoGPA does")
+    parser.add_argument("--conf-ties", choices=CONF_TIES, default="first",
+                        help="equal confidences at the --conf-threshold cut: 'first' keeps exactly the percentile's "
+                             "count (ties to the earlier pixel); 'all' keeps every point >= its confidence, as "
+                             "VideoGPA does")
     parser.add_argument("--metrics", default=",".join(scoring.DEFAULT_METRICS),
                         help=f"comma-separated, from {', '.join(list(scoring.METRICS) + [scoring.LPIPS])}; "
                              f"must include {' and '.join(REQUIRED_METRICS)}")
@@ -419,6 +428,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"vgpa score: --batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.conf_threshold < 100:
         raise SystemExit(f"vgpa score: --conf-threshold is a percentage in [0, 100), got {args.conf_threshold}")
+    if args.points == "point_map" and args.geometry == "da3":
+        raise SystemExit("vgpa score: --points point_map needs a point map, which Depth Anything 3 does not predict; "
+                         "use --points depth")
     groups = load_groups(args.input)
     done = previous_results(args.out, groups)
 
@@ -442,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"{sorted(PROVIDERS)}")
             _check_geometry_names(groups, source)
         options = dict(metrics=names, conf_threshold=args.conf_threshold, backend=args.backend, device=device,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, points=args.points, conf_ties=args.conf_ties)
 
         mine = list(range(rank, len(groups), world))
         advance, close = _progress(sum(len(groups[k]["videos"]) for k in mine), not args.no_progress, rank)
