@@ -323,6 +323,25 @@ WORLD_CHANGES = dict(
 ALL_SCORES = ",".join(scoring.DEFAULT_METRICS)
 
 
+def test_a_first_camera_at_the_origin_leaves_every_pose_as_it_is():
+    """VGGT's first camera is the world: re-expressing the poses relative to it changes no bit,
+    so no score of such a video changes. Another first camera becomes the identity exactly."""
+    generator = torch.Generator().manual_seed(12)
+    extrinsics = torch.eye(4).repeat(5, 1, 1)
+    extrinsics[1:, :3, :3] = rotation(0.1 * torch.randn(4, 3, generator=generator))
+    extrinsics[1:, :3, 3] = torch.randn(4, 3, generator=generator)
+    relative = scoring.relative_to_first_camera(extrinsics)
+    assert relative.dtype == torch.float64 and torch.equal(relative, extrinsics.double())
+    moved = extrinsics.double() @ torch.linalg.inv(extrinsics[3].double())
+    relative = scoring.relative_to_first_camera(moved)
+    assert torch.equal(relative[0], torch.eye(4, dtype=torch.float64))
+    torch.testing.assert_close(relative, extrinsics.double(), rtol=0, atol=1e-12)  # E_t T^-1 (E_0 T^-1)^-1
+    singular = extrinsics.clone()
+    singular[0, :3, :3] = 0
+    with pytest.raises(ValueError, match=r"score_videos: video 0: extrinsics matrix E .* is singular"):
+        scoring.score_videos([dict(_video(generator, 5, 8), extrinsics=singular)], device="cpu")
+
+
 @pytest.mark.parametrize("points", ["depth", "point_map"])
 @pytest.mark.parametrize("dtype, farthest", [(torch.float32, 1e6), (torch.float64, 1e9)], ids=["float32", "float64"])
 @settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
