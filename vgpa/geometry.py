@@ -523,7 +523,7 @@ class VGGTProvider:
     ``dtype=None`` picks VGGT's recommendation on CUDA (bfloat16 from compute capability 8,
     float16 before) and float32 elsewhere. The sides must be multiples of 14 (VGGT's patch):
     ``read_video``'s default 518 x 518 is. Returns :func:`from_vggt` of the predictions, with
-    the input frames, on ``device``.
+    the input frames and the point head's map, on ``device``.
     """
 
     PATCH = 14

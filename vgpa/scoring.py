@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 
 from . import metrics as _metrics
+from .geometry import POINT_SOURCES
 from .ops.normal_stability import normal_stability
 from .ops.point_cloud import point_cloud, point_map_cloud
-from .geometry import POINT_SOURCES
-from .reference.render_points import CONF_TIES
 from .ops.reprojection_error import reprojection_error
 from .reference import geometry as _cameras
+from .reference.render_points import CONF_TIES
 
 OP = "score_videos"
 SCORE_KEY = "consistency_score"  # what the trainer ranks by: 3DCS, lower is better
@@ -280,15 +280,14 @@ def _check_video(index, geometry, frames, needs_frames, conf_threshold, points="
         if point_map.shape != (steps, height, width, 3):
             raise ValueError(f"{where}: point_map must be (T, H, W, 3) = ({steps}, {height}, {width}, 3), "
                              f"got {tuple(point_map.shape)}")
+    first = extrinsics[0].to(torch.float64)
     try:
-        first = _cameras.as_pose_4x4(extrinsics[:1]).to(torch.float64)
         extrinsics = relative_to_first_camera(extrinsics)
     except _cameras.CameraError as exc:
         raise ValueError(f"{where}: {exc}") from None
-    if point_map is not None:  # into the first camera's frame as the cameras: X_0 = R_0 X + t_0
+    if point_map is not None:  # into the first camera's frame, as the cameras: X_0 = R_0 X + t_0
         point_map = point_map.to(device=first.device, dtype=torch.float64)
-        rotation, translation = first[0, :3, :3], first[0, :3, 3]
-        point_map = (point_map[..., None, :] * rotation).sum(-1) + translation
+        point_map = (point_map[..., None, :] * first[:3, :3]).sum(-1) + first[:3, 3]
     if frames is None:
         frames = _field(geometry, "frames")
     if frames is None:
