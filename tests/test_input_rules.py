@@ -310,7 +310,34 @@ def _error_cases():
         ("background string", lambda: vgpa.render_points(points, colors, intrinsics, extrinsics, 8, 8,
                                                          background="red"),
          TypeError, r"^render_points: background must be a number or 3 numbers"),
-    ] + _singular_camera_cases(depth, intrinsics, extrinsics, frames)
+    ] + _singular_camera_cases(depth, intrinsics, extrinsics, frames) + _point_map_cases(frames)
+
+
+def _point_map_cases(frames):
+    world = torch.rand(1, 3, 8, 8, 3)
+    conf = torch.rand(1, 3, 8, 8)
+    depth, intrinsics, extrinsics = _scene()
+    return [
+        ("point_cloud conf_ties", lambda: vgpa.point_cloud(depth, intrinsics, extrinsics, frames, conf=conf,
+                                                           conf_threshold=10.0, conf_ties="last"),
+         ValueError, r"^point_cloud: conf_ties must be one of \('first', 'all'\), got 'last'"),
+        ("point_map_cloud points shape", lambda: vgpa.point_map_cloud(world[..., :2], frames),
+         ValueError, r"^point_map_cloud: points must be a non-empty \(B, T, H, W, 3\) tensor"),
+        ("point_map_cloud empty", lambda: vgpa.point_map_cloud(world[:, :, :0], frames[..., :0, :]),
+         ValueError, r"^point_map_cloud: points must be a non-empty"),
+        ("point_map_cloud colours", lambda: vgpa.point_map_cloud(world, frames[..., :7]),
+         ValueError, r"^point_map_cloud: colors must be \(B, T, C, H, W\) with B, T, H, W = 1, 3, 8, 8"),
+        ("point_map_cloud conf shape", lambda: vgpa.point_map_cloud(world, frames, conf=conf[0]),
+         ValueError, r"^point_map_cloud: conf must be \(B, T, H, W\) = \(1, 3, 8, 8\)"),
+        ("point_map_cloud int points", lambda: vgpa.point_map_cloud(world.long(), frames),
+         TypeError, r"^point_map_cloud: points must be floating point"),
+        ("point_map_cloud threshold without conf", lambda: vgpa.point_map_cloud(world, frames, conf_threshold=5.0),
+         ValueError, r"^point_map_cloud: conf_threshold=5.0 needs conf"),
+        ("point_map_cloud threshold 100", lambda: vgpa.point_map_cloud(world, frames, conf, conf_threshold=100),
+         ValueError, r"^point_map_cloud: conf_threshold is a percentage in \[0, 100\)"),
+        ("point_map_cloud conf_ties", lambda: vgpa.point_map_cloud(world, frames, conf, 10.0, conf_ties=None),
+         ValueError, r"^point_map_cloud: conf_ties must be one of"),
+    ]
 
 
 def _singular_camera_cases(depth, intrinsics, extrinsics, frames):

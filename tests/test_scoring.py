@@ -477,6 +477,18 @@ def test_point_map_option_follows_the_point_head_and_depth_does_not():
     assert map_based["3dcs"] > 3 * exact["3dcs"]
 
 
+def test_point_map_cloud_drops_points_that_are_not_finite():
+    video = _rigid_scene(steps=2, size=6)
+    world = video["point_map"].clone()
+    world[0, 1, 2, 0], world[1, 0, 0, 2] = float("nan"), float("inf")
+    colors = video["frames"].float() / 255
+    cloud = vgpa.point_map_cloud(world[None], colors[None], conf=video["confidence"][None])
+    keep = torch.ones(2 * 6 * 6, dtype=torch.bool)
+    keep[1 * 6 + 2], keep[36] = False, False
+    assert cloud.counts.tolist() == [70] and torch.equal(cloud.points, world.reshape(-1, 3)[keep])
+    assert torch.equal(cloud.colors, colors.permute(0, 2, 3, 1).reshape(-1, 3)[keep])
+
+
 def test_point_map_option_needs_a_point_map():
     video = _rigid_scene()
     with pytest.raises(ValueError, match="video 1: points='point_map' builds 3DCS from the record's point map"):
