@@ -167,7 +167,10 @@ def test_bad_inputs_raise_clear_errors():
         (ValueError, "iterations must be an int", lambda: s(matches=matches, method="ransac", iterations=0)),
         (ValueError, "unknown backend", lambda: s(matches=matches, backend="metal")),
         (ValueError, "frames must be", lambda: s(torch.zeros(2, 8, 8))),
-        (ValueError, "pairs hold frame indices", lambda: s(frames, [(0, 5)])),
+        (ValueError, r"pairs hold frame indices in \[0, 5\] but frames has 2 frames", lambda: s(frames, [(0, 5)])),
+        (ValueError, r"frames must be non-empty .* got shape \(2, 1, 0, 8\)", lambda: s(frames[:, :, :0])),
+        (ValueError, r"frames must be non-empty .* got shape \(2, 0, 8, 3\)",
+         lambda: s(frames.permute(0, 2, 3, 1).expand(2, 8, 8, 3)[:, :0].numpy())),
         (ValueError, "ratio must be a number", lambda: s(frames, ratio=0.0)),
     ]
     for error, message, call in cases:

@@ -124,6 +124,52 @@ def test_from_vggt_depth_and_cameras_reproduce_world_points():
     torch.testing.assert_close(own, expected, atol=2e-4, rtol=1e-5)
 
 
+def test_from_vggt_keeps_the_point_heads_map():
+    """VideoGPA's 3DCS is built from VGGT's point head (world_points): the record carries it,
+    through its file too, and world_points(source="point_map") returns it."""
+    depth, axis_angle, translation, fx, fy = scene(steps=3, height=14, width=28, seed=2)
+    predictions = vggt_predictions(depth, axis_angle, translation, fx, fy)
+    predictions["world_points"] = predictions["world_points"] + 0.02  # a point head that disagrees
+    geometry = from_vggt(predictions)
+    assert geometry.point_map.dtype == torch.float32
+    assert torch.equal(geometry.point_map, predictions["world_points"][0])
+    assert torch.equal(geometry.world_points(source="point_map"), geometry.point_map)
+    torch.testing.assert_close(geometry.world_points(), predictions["world_points"][0] - 0.02, atol=2e-4, rtol=1e-5)
+    assert from_vggt(predictions, point_map=False).point_map is None
+    unbatched = {key: value[0].numpy() for key, value in predictions.items()}  # the VGGT demo's layout
+    assert torch.equal(from_vggt(unbatched).point_map, geometry.point_map)
+    without = {key: value for key, value in predictions.items() if key != "world_points"}
+    assert from_vggt(without).point_map is None
+    with pytest.raises(ValueError, match="source='point_map', but this record has no point map"):
+        from_vggt(without).world_points(source="point_map")
+    with pytest.raises(ValueError, match="source must be one of"):
+        geometry.world_points(source="pointmap")
+    wrong = dict(predictions, world_points=predictions["world_points"][:, :, :7])
+    with pytest.raises(ValueError, match=r'from_vggt: predictions\["world_points"\] has shape \(3, 7, 28, 3\)'):
+        from_vggt(wrong)
+
+
+def test_point_map_in_the_record_and_its_file(tmp_path):
+    good = record(steps=2, height=4, width=6, seed=8)
+    points = torch.randn(2, 4, 6, 3, dtype=torch.float64) + 1e8  # float64 kept, as for the cameras
+    geometry = Geometry(**good, point_map=points)
+    assert geometry.point_map.dtype == torch.float64 and torch.equal(geometry.point_map, points)
+    assert "point_map=Tensor(2, 4, 6, 3) torch.float64" in repr(geometry)
+    assert torch.equal(geometry.to("cpu").point_map, points)
+    path = geometry.save(tmp_path / "with_map.npz")
+    with np.load(path) as archive:
+        assert "point_map" in archive.files and archive["vgpa_geometry"] == 1
+    assert torch.equal(Geometry.load(path).point_map, points)
+    # A file written before the point map existed (no such key) loads, without one.
+    old = tmp_path / "old.npz"
+    np.savez(old, vgpa_geometry=np.array(1), **{k: v.numpy() for k, v in good.items()})
+    assert Geometry.load(old).point_map is None
+    with pytest.raises(ValueError, match=r"Geometry: point_map must be \(T, H, W, 3\) = \(2, 4, 6, 3\)"):
+        Geometry(**good, point_map=points[:, :3])
+    with pytest.raises(TypeError, match="Geometry: point_map must be floating point"):
+        Geometry(**good, point_map=points.long())
+
+
 def test_from_vggt_known_motion_projects_as_opencv():
     """Camera 1 is turned 90 degrees about its optical axis (quaternion (0, 0, sin 45, cos 45) in
     VGGT's x, y, z, w order) and its pose_enc translation is (-1, 0, 0): as camera-from-world,
@@ -348,10 +394,15 @@ def test_geometry_conversions_and_properties():
                 for key, value in good.items()}
     as_numpy["extrinsics"] = as_numpy["extrinsics"][:, :3]  # (T, 3, 4) is completed
     geometry = Geometry(**as_numpy)
-    for field in ("depth", "confidence", "intrinsics", "extrinsics"):
+    for field in ("depth", "confidence", "intrinsics"):
         value = getattr(geometry, field)
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, good[field])
+    # The cameras place the world: float64 is kept (a float32 coordinate of 1e6 is off by 0.06).
+    assert geometry.extrinsics.dtype == torch.float64
+    torch.testing.assert_close(geometry.extrinsics, good["extrinsics"].double())
+    half = Geometry(**{**good, "extrinsics": good["extrinsics"].half()})
+    assert half.extrinsics.dtype == torch.float32
     assert torch.equal(geometry.frames, good["frames"])
     assert (geometry.num_frames, geometry.height, geometry.width) == (2, 4, 6)
     assert geometry.device == torch.device("cpu")
@@ -370,6 +421,22 @@ def test_world_points_match_the_unprojection_formula():
     expected = unproject(geometry.depth, geometry.intrinsics, geometry.extrinsics).float()
     torch.testing.assert_close(geometry.world_points(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(geometry.world_points(backend="torch"), expected, atol=1e-5, rtol=1e-5)
+    # float64 cameras 1e9 from the origin: the points in float64, to its rounding of the cameras.
+    far = good["extrinsics"].double()
+    far[:, :3, 3] += 1e9
+    geometry = Geometry(**{**good, "extrinsics": far})
+    points = geometry.world_points()
+    assert points.dtype == torch.float64
+    torch.testing.assert_close(points, unproject(geometry.depth, geometry.intrinsics, far), atol=1e-6, rtol=0)
+
+
+def test_float64_cameras_survive_a_file(tmp_path):
+    good = record(seed=7)
+    far = good["extrinsics"].double()
+    far[:, :3, 3] += 1e9 + 0.125  # not a float32 number
+    geometry = Geometry(**{**good, "extrinsics": far})
+    loaded = Geometry.load(geometry.save(tmp_path / "far.npz"))
+    assert loaded.extrinsics.dtype == torch.float64 and torch.equal(loaded.extrinsics, far)
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,10 +477,19 @@ def test_load_rejects_files_that_are_not_a_geometry(tmp_path):
     np.save(array, np.ones(3))
     text = tmp_path / "text.npz"
     text.write_text("hello")
-    for path, match in [(garbage, "not a readable .npz"), (array, "a .npy array"), (text, "not a readable .npz"),
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    binary = tmp_path / "binary.npz"
+    binary.write_bytes(b"\x00\xff\x10 other bytes")
+    for path, match in [(garbage, "not a readable .npz"), (array, "a .npy array"),
+                        (text, "not a readable .npz: it holds text, starting 'hello'"),
+                        (empty, "not a readable .npz: it is empty"),
+                        (binary, "not a readable .npz: it starts with the bytes"),
                         (other, "no 'vgpa_geometry' key; it holds \\['depth', 'image'\\]")]:
-        with pytest.raises(ValueError, match=f"{path.name} is not a vgpa Geometry file.*{match}"):
+        with pytest.raises(ValueError, match=f"^Geometry.load: .*{path.name} is not a vgpa Geometry file.*{match}") \
+                as raised:
             Geometry.load(path)
+        assert "pickle" not in str(raised.value)  # numpy's guess for a file that is neither .npz nor .npy
     good = record()
     newer = tmp_path / "newer.npz"
     np.savez(newer, vgpa_geometry=np.array(2), **{k: v.numpy() for k, v in good.items()})

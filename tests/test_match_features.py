@@ -126,7 +126,12 @@ def test_bad_inputs_raise_clear_errors():
         (TypeError, "frames must be uint8 or floating-point", lambda: m(frames.int())),
         (ValueError, "frames must be", lambda: m(frames[:, 0])),
         (ValueError, "frames must be", lambda: m(frames.expand(-1, 2, -1, -1))),
-        (ValueError, "pairs hold frame indices", lambda: m(frames, [(0, 2)])),
+        (ValueError, r"pairs hold frame indices in \[0, 2\] but frames has 2 frames", lambda: m(frames, [(0, 2)])),
+        (ValueError, r"frames must be non-empty .* got shape \(2, 1, 0, 160\)", lambda: m(frames[:, :, :0])),
+        (ValueError, r"frames must be non-empty .* got shape \(2, 1, 120, 0\)", lambda: m(frames[..., :0])),
+        (ValueError, r"frames must be non-empty .* got shape \(2, 0, 160, 1\)",
+         lambda: m(video[:, :0, :, None])),  # numpy (T, H, W, C) of height 0
+        (ValueError, r"frames must be non-empty .* got shape \(0, 2, 1, 120, 160\)", lambda: m(frames[None][:0])),
         (ValueError, "needs T >= 2|need T >= 2", lambda: m(frames[:1])),
         (ValueError, "ratio must be a number in", lambda: m(frames, ratio=1.5)),
         (ValueError, "min_matches must be an int", lambda: m(frames, min_matches=-1)),

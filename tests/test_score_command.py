@@ -216,12 +216,17 @@ def test_failing_videos_are_recorded_and_the_run_goes_on(dataset, tmp_path, caps
         "no_geometry": "no geometry file",
         "short_geometry": f"the geometry has {FRAMES - 1} frames but {FRAMES} were read from the video",
         "corrupt": "cannot read video",
-        "no_depth": "undefined score(s) ['mvcs', 'normal_stability', 'reprojection_abs_rel']",
+        "no_depth": "not ranked: consistency_score undefined",
     }
     for name, reason in reasons.items():
         video = videos[name]
         assert reason in video["error"], (name, video["error"])
-        assert not set(video) & set(score_command.SCORE_FIELDS), name  # no score at all
+        if name == "no_depth":  # scored: the undefined scores are recorded as null, the motion as it is
+            undefined = ["3dcs", "consistency_score", "mvcs", "normal_stability", "reprojection_abs_rel"]
+            assert f"undefined score(s) {undefined}" in video["error"]
+            assert all(video[key] is None for key in undefined) and video["motion_norm"] > 0
+        else:
+            assert not set(video) & set(score_command.SCORE_FIELDS), name  # no score at all
         assert video["note"] == name  # the input entry is kept
         assert f"{name}.mp4: " in summary
     scored = [v for v in videos.values() if "error" not in v]
@@ -234,6 +239,91 @@ def test_failing_videos_are_recorded_and_the_run_goes_on(dataset, tmp_path, caps
     fixed = next(v for g in json.loads(out.read_text())["groups"] for v in g["videos"]
                  if v["video_path"] == "broken/no_geometry.mp4")
     assert "error" not in fixed and "consistency_score" in fixed
+
+
+def _undefined_group(root):
+    """Two good videos, one whose geometry has no valid depth and dark frames (an empty render
+    matches them best), and one whose cameras jump 100 units a frame (no frame pair overlaps:
+    MVCS, normal stability and reprojection are undefined, 3DCS is not)."""
+    good = json.loads((root / "groups.json").read_text())["groups"][0]["videos"]
+    stem = Path(good[0]["video_path"]).stem
+    geometry = load_geometry(root / "geometry" / f"{stem}.npz")
+    (root / "undefined").mkdir(exist_ok=True)
+    for name in ("dark", "apart"):
+        shutil.copy(root / good[0]["video_path"], root / "undefined" / f"{name}.mp4")
+    frames = read_video(root / good[0]["video_path"], FRAMES, size=SIZE)
+    Geometry(torch.full_like(geometry.depth, float("nan")), None, geometry.intrinsics, geometry.extrinsics,
+             frames=torch.zeros_like(frames)).save(root / "geometry" / "dark.npz")
+    apart = geometry.extrinsics.clone()
+    apart[:, 0, 3] += 100.0 * torch.arange(FRAMES)
+    Geometry(geometry.depth, None, geometry.intrinsics, apart).save(root / "geometry" / "apart.npz")
+    videos = [dict(video) for video in good[:2]] + [{"video_path": f"undefined/{name}.mp4"}
+                                                    for name in ("dark", "apart")]
+    return {"group_id": "undefined", "prompt": "undefined scores", "videos": videos}
+
+
+def test_undefined_scores_fail_only_their_metrics(dataset, tmp_path, capsys):
+    """A video without usable geometry is recorded with a null 3DCS and never ranked (it used
+    to score about 0 on dark frames and win with --metrics 3dcs,motion); a video whose MVCS
+    alone is undefined keeps its 3DCS and is ranked, as VideoGPA ranks it."""
+    root = dataset.parent
+    groups_file = _write_groups(root, [_undefined_group(root)], "undefined.json")
+    vt = pytest.importorskip("vgpa.training", reason="the trainer's pair selection needs the train extras")
+    for metrics in ("3dcs,motion", ",".join(scoring.DEFAULT_METRICS)):
+        out = tmp_path / f"{len(metrics)}.json"
+        assert _score(groups_file, out, "--metrics", metrics) == 0
+        assert "scored 3, skipped 0 (already scored), failed 1 of 4 videos" in capsys.readouterr().out
+        text = out.read_text()
+        assert "NaN" not in text  # undefined is null, never a bare NaN token
+        videos = {Path(v["video_path"]).stem: v for v in json.loads(text)["groups"][0]["videos"]}
+        dark, apart = videos.pop("dark"), videos.pop("apart")
+        assert dark["consistency_score"] is None and dark["3dcs"] is None and dark["motion_norm"] > 0
+        assert "not ranked: consistency_score undefined" in dark["error"]
+        assert "error" not in apart and apart["consistency_score"] > 0 and apart["motion_norm"] > 0
+        if metrics != "3dcs,motion":
+            assert apart["mvcs"] is None and apart["normal_stability"] is None
+            assert apart["reprojection_abs_rel"] is None
+            assert all(v["mvcs"] > 0 for v in videos.values())
+        winner, loser = vt.select_videogpa_pair(json.loads(text)["groups"][0]["videos"], min_gap=0.0)
+        assert winner["video_path"] != "undefined/dark.mp4" and loser["video_path"] != "undefined/dark.mp4"
+        ranked = [v["consistency_score"] for v in (*videos.values(), apart)]
+        assert winner["consistency_score"] == min(ranked) and loser["consistency_score"] == max(ranked)
+    # A resume keeps the video whose MVCS is undefined, and scores the unranked one again.
+    assert _score(groups_file, out) == 0
+    assert "scored 0, skipped 3 (already scored), failed 1 of 4 videos" in capsys.readouterr().out
+
+
+def test_videogpa_point_and_tie_options_reach_the_scores(dataset, tmp_path, capsys):
+    """--points point_map and --conf-ties all score as score_videos with those options; a video
+    whose geometry has no point map fails alone, naming the option."""
+    root = dataset.parent
+    good = json.loads((root / "groups.json").read_text())["groups"][1]["videos"]
+    (root / "with_map").mkdir(exist_ok=True)
+    generator = torch.Generator().manual_seed(9)
+    for position, video in enumerate(good[:3]):
+        geometry = load_geometry(root / "geometry" / f"{Path(video['video_path']).stem}.npz")
+        shutil.copy(root / video["video_path"], root / "with_map" / f"map_{position}.mp4")
+        confidence = (1 + torch.rand(geometry.depth.shape, generator=generator)).to(torch.bfloat16)  # ties
+        point_map = None if position == 2 else geometry.world_points() + 0.01 * torch.randn(
+            geometry.depth.shape + (3,), generator=generator)
+        Geometry(geometry.depth, confidence, geometry.intrinsics, geometry.extrinsics, geometry.frames,
+                 point_map=point_map).save(root / "geometry" / f"map_{position}.npz")
+    videos = [{"video_path": f"with_map/map_{position}.mp4"} for position in range(3)]
+    groups_file = _write_groups(root, [{"group_id": "maps", "videos": videos}], "maps.json")
+    out = tmp_path / "maps.json"
+    assert _score(groups_file, out, "--points", "point_map", "--conf-ties", "all", "--conf-threshold", 30) == 0
+    assert "scored 2, skipped 0 (already scored), failed 1" in capsys.readouterr().out
+    written = json.loads(out.read_text())["groups"][0]["videos"]
+    assert "points='point_map' builds 3DCS from the record's point map" in written[2]["error"]
+    geometries = [load_geometry(root / "geometry" / f"map_{position}.npz") for position in range(2)]
+    frames = [read_video(root / v["video_path"], FRAMES, size=SIZE) for v in videos[:2]]
+    expected = scoring.score_videos(geometries, frames=frames, conf_threshold=30, points="point_map", conf_ties="all")
+    assert [{k: v[k] for k in e} for v, e in zip(written, expected)] == expected
+    default = scoring.score_videos(geometries, frames=frames, conf_threshold=30)
+    assert all(d["3dcs"] != e["3dcs"] for d, e in zip(default, expected))
+    code, err = _refusal(capsys, lambda: cli.main(["score", str(groups_file), "--geometry", "da3", "--points",
+                                                  "point_map", "--out", str(tmp_path / "da3.json")]))
+    assert code == 2 and "--points point_map needs a point map, which Depth Anything 3" in err
 
 
 def test_bad_input_files_are_refused_with_the_reason(dataset, tmp_path, capsys):
@@ -305,7 +395,8 @@ def test_help_lists_the_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--geometry", "--out", "--num-frames", "--size", "--conf-threshold", "--metrics", "--min-gap",
-                 "--batch-size", "--device", "--model-path", "--accept-truncated", "--backend"):
+                 "--batch-size", "--device", "--model-path", "--accept-truncated", "--backend", "--points",
+                 "--conf-ties"):
         assert flag in text, flag
 
 
@@ -501,7 +592,7 @@ def test_the_output_records_the_score_options(tmp_path, capsys):
     assert _score_tiny(groups_file, out, "--conf-threshold", 0, "--metrics", "3dcs,mvcs,motion") == 0
     assert json.loads(out.read_text())["score_options"] == {
         "metrics": ["3dcs", "mvcs", "motion"], "conf_threshold": 0.0, "num_frames": FRAMES, "size": SIZE,
-        "geometry": "files", "accept_truncated": False}
+        "geometry": "files", "accept_truncated": False, "points": "depth", "conf_ties": "first"}
     assert [option.key for option in score_command.SCORE_OPTIONS] == list(json.loads(out.read_text())["score_options"])
 
 

@@ -7,7 +7,7 @@ from .features import MatchFeaturesResult, match_features
 from .ops.fundamental_matrix import FundamentalMatrixResult, fundamental_matrix
 from .ops.normal_stability import (DepthToNormalsResult, NormalStabilityResult, depth_to_normals,
                                    normal_stability)
-from .ops.point_cloud import PointCloud, point_cloud
+from .ops.point_cloud import PointCloud, point_cloud, point_map_cloud
 from .ops.reprojection_error import ReprojectionErrorResult, reprojection_error, unproject_depth
 from .pairs import adjacent_pairs, all_pairs, window_pairs
 from .ops.render_points import (RenderConsistencyResult, RenderPointsResult, render_consistency,
@@ -41,6 +41,7 @@ __all__ = [
     "metrics",
     "normal_stability",
     "point_cloud",
+    "point_map_cloud",
     "ransac_inlier_count",
     "render_consistency",
     "render_points",

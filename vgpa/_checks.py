@@ -92,8 +92,9 @@ def pairs(op, pairs, frames, device):
     return pairs.to(device=device, dtype=torch.int64).contiguous()
 
 
-def pair_indices(op, pairs, frames, device):
+def pair_indices(op, pairs, frames, device, source="depth"):
     """The (P, 2) int64 pairs a kernel may index frames with: every index in [0, frames).
+    ``source``: the argument whose frames the pairs index, named in the messages.
 
     Called inside the custom ops, which run eagerly even within a compiled graph, before any
     kernel (or torch indexing, which would wrap negative indices) sees the pairs: an index out
@@ -103,11 +104,11 @@ def pair_indices(op, pairs, frames, device):
         what = f"{pairs.dtype} tensor of shape {tuple(pairs.shape)}" if isinstance(pairs, Tensor) else pairs
         raise ValueError(f"{op}: pairs must be a (P, 2) int64 tensor, got {what}")
     if pairs.device != device:
-        raise ValueError(f"{op}: pairs are on {pairs.device} but depth is on {device}")
+        raise ValueError(f"{op}: pairs are on {pairs.device} but {source} is on {device}")
     if pairs.numel():
         low, high = torch.stack(torch.aminmax(pairs)).tolist()
         if low < 0 or high >= frames:
-            raise ValueError(f"{op}: pairs hold frame indices in [{low}, {high}] but depth has {frames} frames")
+            raise ValueError(f"{op}: pairs hold frame indices in [{low}, {high}] but {source} has {frames} frames")
     return pairs.contiguous()
 
 

@@ -58,13 +58,17 @@ def _video_batch(op, frames):
         raise TypeError(f"{op}: frames must be uint8 or floating-point, got dtype {array.dtype}")
     shape = tuple(array.shape)
     if array.ndim == 5 and shape[2] in (1, 3):
-        return array.transpose(0, 1, 3, 4, 2)
-    if array.ndim == 4 and shape[1] in (1, 3):
-        return array.transpose(0, 2, 3, 1)[None]
-    if array.ndim == 4 and shape[3] in (1, 3):
-        return array[None]
-    raise ValueError(f"{op}: frames must be (B, T, C, H, W), (T, C, H, W) or (T, H, W, C) with C = 1 or 3 "
-                     f"channels, got shape {shape}")
+        video = array.transpose(0, 1, 3, 4, 2)
+    elif array.ndim == 4 and shape[1] in (1, 3):
+        video = array.transpose(0, 2, 3, 1)[None]
+    elif array.ndim == 4 and shape[3] in (1, 3):
+        video = array[None]
+    else:
+        raise ValueError(f"{op}: frames must be (B, T, C, H, W), (T, C, H, W) or (T, H, W, C) with C = 1 or 3 "
+                         f"channels, got shape {shape}")
+    if 0 in video.shape:  # OpenCV and numpy's reductions would fail on it with messages of their own
+        raise ValueError(f"{op}: frames must be non-empty (B, T, H, W >= 1), got shape {shape}")
+    return video
 
 
 def _value_range(video: np.ndarray, value_range):
@@ -128,7 +132,7 @@ def matches_of(op, frames, pairs, ratio, min_matches, max_keypoints, value_range
     videos = _video_batch(op, frames)
     steps = videos.shape[1]
     pairs = _checks.pairs(op, pairs, steps, torch.device("cpu"))
-    pairs = _checks.pair_indices(op, pairs, steps, torch.device("cpu"))
+    pairs = _checks.pair_indices(op, pairs, steps, torch.device("cpu"), source="frames")
     sift = cv2.SIFT_create(nfeatures=max_keypoints or 0)
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     pair_list = pairs.tolist()

@@ -9,6 +9,7 @@ package is imported here: the providers call a model the caller has loaded, and 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import math
 import os
@@ -30,7 +31,8 @@ __all__ = ["DepthAnything3Provider", "Geometry", "GeometryProvider", "VGGTProvid
 # The .npz format version written by Geometry.save, stored under this key.
 _FORMAT_KEY = "vgpa_geometry"
 _FORMAT_VERSION = 1
-_FIELDS = ("depth", "confidence", "intrinsics", "extrinsics", "frames")
+_FIELDS = ("depth", "confidence", "intrinsics", "extrinsics", "frames", "point_map")
+POINT_SOURCES = ("depth", "point_map")  # where 3DCS takes its points from
 
 
 def _as_tensor(op, name, value):
@@ -41,11 +43,13 @@ def _as_tensor(op, name, value):
     raise TypeError(f"{op}: {name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
 
 
-def _float32(op, name, value):
+def _float32(op, name, value, keep_float64=False):
+    """``value`` as a detached float32 tensor, or float64 when it is float64 and ``keep_float64``."""
     value = _as_tensor(op, name, value)
     if not value.is_floating_point():
         raise TypeError(f"{op}: {name} must be floating point, got dtype {value.dtype}")
-    return value.detach().to(torch.float32)
+    keep = keep_float64 and value.dtype == torch.float64
+    return value.detach().to(torch.float64 if keep else torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,12 +64,17 @@ class Geometry:
       and > 0.
     - ``confidence`` (T, H, W) float32 or None: larger = more confident.
     - ``intrinsics`` (T, 3, 3) float32: pinhole K in pixels at depth's resolution.
-    - ``extrinsics`` (T, 4, 4) float32: world-to-camera [R | t; 0 0 0 1] (OpenCV camera);
-      (T, 3, 4) is accepted and completed.
+    - ``extrinsics`` (T, 4, 4) float32, or float64 when given in float64: world-to-camera
+      [R | t; 0 0 0 1] (OpenCV camera); (T, 3, 4) is accepted and completed. World coordinates
+      far from the origin need float64 (float32 holds a coordinate of 1e6 to 0.06).
     - ``frames`` (T, 3, H, W) uint8 RGB or None: the frames the geometry was computed from, at
       depth's resolution.
+    - ``point_map`` (T, H, W, 3) float32 (float64 kept) or None: the world point of every
+      pixel as a point head predicts it (VGGT's ``world_points``), when the model has one. vgpa
+      builds its points from depth and cameras; VideoGPA builds 3DCS from this map
+      (``score_videos(points="point_map")``).
 
-    Floating-point fields of another float dtype are converted to float32; numpy arrays are
+    Other floating-point fields of another float dtype are converted to float32; numpy arrays are
     accepted. Construction checks the shapes, dtypes, devices, that K and the camera matrices
     are finite, that K is invertible and that the last row of the extrinsics is [0, 0, 0, 1];
     errors name the field.
@@ -76,6 +85,7 @@ class Geometry:
     intrinsics: Tensor
     extrinsics: Tensor
     frames: Tensor | None = None
+    point_map: Tensor | None = None
 
     def __post_init__(self):
         op = "Geometry"
@@ -108,9 +118,9 @@ class Geometry:
             raise ValueError(f"{op}: intrinsics must be invertible; frame(s) "
                              f"{torch.nonzero(singular).flatten().tolist()} are singular")
 
-        extrinsics = same_device("extrinsics", _float32(op, "extrinsics", self.extrinsics))
+        extrinsics = same_device("extrinsics", _float32(op, "extrinsics", self.extrinsics, keep_float64=True))
         if extrinsics.shape == (steps, 3, 4):
-            bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=device).expand(steps, 1, 4)
+            bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=extrinsics.dtype, device=device).expand(steps, 1, 4)
             extrinsics = torch.cat([extrinsics, bottom], 1)
         if extrinsics.shape != (steps, 4, 4):
             raise ValueError(f"{op}: extrinsics must be (T, 4, 4) or (T, 3, 4) with T = {steps} (depth's frames), "
@@ -136,8 +146,15 @@ class Geometry:
                 raise ValueError(f"{op}: frames are {frames.shape[2]} x {frames.shape[3]} but depth is "
                                  f"{height} x {width}; frames must be at depth's resolution")
 
+        point_map = None
+        if self.point_map is not None:
+            point_map = same_device("point_map", _float32(op, "point_map", self.point_map, keep_float64=True))
+            if point_map.shape != (steps, height, width, 3):
+                raise ValueError(f"{op}: point_map must be (T, H, W, 3) = ({steps}, {height}, {width}, 3) for depth "
+                                 f"of shape {tuple(depth.shape)}, got {tuple(point_map.shape)}")
+
         self.depth, self.confidence, self.intrinsics = depth, confidence, intrinsics
-        self.extrinsics, self.frames = extrinsics, frames
+        self.extrinsics, self.frames, self.point_map = extrinsics, frames, point_map
 
     def __repr__(self):
         def describe(value):
@@ -166,13 +183,25 @@ class Geometry:
         return Geometry(**{name: None if getattr(self, name) is None else getattr(self, name).to(device)
                            for name in _FIELDS})
 
-    def world_points(self, backend: str = "auto") -> Tensor:
-        """World points E^-1 (z K^-1 [u, v, 1]) of every pixel, (T, H, W, 3), through
-        :func:`vgpa.unproject_depth` (invalid depths are unprojected as they are: mask them with
-        ``depth.isfinite() & (depth > 0)``)."""
+    def world_points(self, backend: str = "auto", source: str = "depth") -> Tensor:
+        """The world point of every pixel, (T, H, W, 3).
+
+        source "depth": E^-1 (z K^-1 [u, v, 1]) through :func:`vgpa.unproject_depth` (invalid
+        depths are unprojected as they are: mask them with ``depth.isfinite() & (depth > 0)``);
+        float64 when the extrinsics are. "point_map": the record's point map as it is (VGGT's
+        point head), which VideoGPA's 3DCS uses; a record without one raises ValueError."""
         from .ops.reprojection_error import unproject_depth
 
-        return unproject_depth(self.depth[None], self.intrinsics[None], self.extrinsics[None], backend=backend)[0]
+        if source not in POINT_SOURCES:
+            raise ValueError(f"Geometry.world_points: source must be one of {POINT_SOURCES}, got {source!r}")
+        if source == "point_map":
+            if self.point_map is None:
+                raise ValueError("Geometry.world_points: source='point_map', but this record has no point map "
+                                 "(only VGGT's point head gives one, through from_vggt)")
+            return self.point_map
+
+        depth = self.depth.to(self.extrinsics.dtype)
+        return unproject_depth(depth[None], self.intrinsics[None], self.extrinsics[None], backend=backend)[0]
 
     # ----------------------------------------------------------------------------------------
     # Files
@@ -180,9 +209,10 @@ class Geometry:
     def save(self, path) -> Path:
         """Writes the record to ``path`` as an uncompressed .npz (exactly that path, whatever
         its suffix; parent folders are created; the file is replaced atomically). Keys:
-        ``depth``, ``intrinsics``, ``extrinsics`` and, when present, ``confidence`` and
-        ``frames``, as described on the class, plus ``vgpa_geometry`` = 1 (the format
-        version). Returns the path."""
+        ``depth``, ``intrinsics``, ``extrinsics`` and, when present, ``confidence``, ``frames``
+        and ``point_map``, as described on the class, plus ``vgpa_geometry`` = 1 (the format
+        version; a file without a point map reads as one with ``point_map=None``). Returns the
+        path."""
         path = Path(path)
         arrays = {_FORMAT_KEY: np.array(_FORMAT_VERSION)}
         for name in _FIELDS:
@@ -207,6 +237,7 @@ class Geometry:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Geometry.load: {path}: no such file")
+        _check_archive_start(path)
         try:
             archive = np.load(path, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -235,6 +266,33 @@ class Geometry:
             return cls(**{name: torch.from_numpy(arrays[name]) if name in arrays else None for name in _FIELDS})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"Geometry.load: {path} holds an invalid Geometry: {exc}") from exc
+
+
+# The first bytes of the files np.load reads: a zip archive (.npz; an empty one starts with its end
+# record) and a .npy array. Anything else np.load would try to unpickle, and with
+# allow_pickle=False say only that the file holds "pickled data".
+_ARCHIVE_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+_ARRAY_START = b"\x93NUMPY"
+
+
+def _check_archive_start(path: Path) -> None:
+    """Raises ValueError naming ``path`` when the file is neither an .npz nor a .npy file."""
+    with open(path, "rb") as f:
+        start = f.read(64)
+    if start.startswith(_ARCHIVE_STARTS) or start.startswith(_ARRAY_START):
+        return
+    try:  # an incremental decoder accepts a character cut at the end of the 64 bytes
+        text = codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+    except UnicodeDecodeError:
+        text = None
+    if not start:
+        what = "it is empty"
+    elif text is not None and all(c.isprintable() or c.isspace() for c in text):
+        what = f"it holds text, starting {text[:32]!r}"
+    else:
+        what = f"it starts with the bytes {start[:8]!r}"
+    raise ValueError(f"Geometry.load: {path} is not a vgpa Geometry file (not a readable .npz: {what}); pass the "
+                     ".npz file that Geometry.save wrote")
 
 
 def load_geometry(path) -> Geometry:
@@ -292,7 +350,7 @@ def _rotation_from_quaternion_xyzw(quaternion: Tensor) -> Tensor:
     return torch.stack(rows, -1).unflatten(-1, (3, 3))
 
 
-def from_vggt(predictions: Mapping, frames=None) -> Geometry:
+def from_vggt(predictions: Mapping, frames=None, *, point_map: bool = True) -> Geometry:
     """A Geometry from the prediction dict of VGGT (``VGGT(images)``), for one video.
 
     VGGT's conventions, converted here:
@@ -308,12 +366,16 @@ def from_vggt(predictions: Mapping, frames=None) -> Geometry:
     - ``"depth_conf"`` (1, S, H, W) or (S, H, W), optional: the confidence.
     - ``"images"`` (1, S, 3, H, W) or (S, 3, H, W) in [0, 1], optional: the frames, used when
       ``frames`` is None.
+    - ``"world_points"`` (1, S, H, W, 3) or (S, H, W, 3), optional: the point head's world
+      points, kept as the record's ``point_map`` (unless ``point_map=False``, which keeps files
+      smaller: the map is 3 floats per pixel). vgpa's 3DCS builds its points from depth and
+      cameras (VGGT's authors report those give the more accurate points; see
+      :meth:`Geometry.world_points`); VideoGPA's builds them from this map, which
+      ``score_videos(points="point_map")`` reproduces.
 
-    The point-map head's ``"world_points"`` are not used: the record keeps depth and cameras
-    (VGGT's authors report that depth + cameras gives the more accurate points; recover them
-    with :meth:`Geometry.world_points`). Values may be tensors or numpy arrays (the VGGT demo
-    converts them to numpy and drops the batch). The computation is in float64 and the result
-    float32, on the predictions' device.
+    Values may be tensors or numpy arrays (the VGGT demo converts them to numpy and drops the
+    batch). The cameras are computed in float64 and the result is float32, on the predictions'
+    device.
 
     frames: (S, 3, H, W) uint8 or float in [0, 1], at the depth's resolution, or None.
     """
@@ -364,8 +426,17 @@ def from_vggt(predictions: Mapping, frames=None) -> Geometry:
         frames = _drop_batch(op, 'predictions["images"]', predictions["images"], 4)
     if frames is not None:
         frames = _frames_at(op, frames, steps, height, width).to(depth.device)
+    points = None
+    if point_map and predictions.get("world_points") is not None:
+        points = _drop_batch(op, 'predictions["world_points"]', predictions["world_points"], 4)
+        if points.shape != (steps, height, width, 3):
+            raise ValueError(f'{op}: predictions["world_points"] has shape {tuple(points.shape)}, not (S, H, W, 3) = '
+                             f"{(steps, height, width, 3)} as the depth")
+        points = points.to(device=depth.device, dtype=torch.float32)
+    # VGGT's world is its first camera: float32 holds it, as it holds the model's outputs.
     return Geometry(depth=depth, confidence=confidence, intrinsics=intrinsics.to(depth.device),
-                    extrinsics=extrinsics.to(depth.device), frames=frames)
+                    extrinsics=extrinsics.to(device=depth.device, dtype=torch.float32), frames=frames,
+                    point_map=points)
 
 
 def _field(prediction, name):
@@ -452,7 +523,7 @@ class VGGTProvider:
     ``dtype=None`` picks VGGT's recommendation on CUDA (bfloat16 from compute capability 8,
     float16 before) and float32 elsewhere. The sides must be multiples of 14 (VGGT's patch):
     ``read_video``'s default 518 x 518 is. Returns :func:`from_vggt` of the predictions, with
-    the input frames, on ``device``.
+    the input frames and the point head's map, on ``device``.
     """
 
     PATCH = 14

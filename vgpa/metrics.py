@@ -23,6 +23,11 @@ def consistency_score(points, colors, intrinsics, extrinsics, frames, *, counts=
     frames' value range and returning one distance per image, e.g. a wrapped ``lpips.LPIPS``
     (which wants [-1, 1]: pass ``lambda a, b: net(a, b, normalize=True)`` for [0, 1] frames).
     With ``masked``, frames that nothing landed on are left out of the mean. Returns (B,).
+
+    A video whose render covers no pixel of any frame (an empty point cloud: no valid depth,
+    or a confidence filter that left no point; or no point in front of any camera) has no 3DCS:
+    its score is NaN, never the error of an empty render against the frames, which would rank
+    dark frames first.
     """
     from .ops.render_points import render_consistency, render_points
 
@@ -35,6 +40,8 @@ def consistency_score(points, colors, intrinsics, extrinsics, frames, *, counts=
     result = render_consistency(points, colors, intrinsics, extrinsics, frames, counts=counts, masked=masked,
                                 background=background, backend=backend)
     score = result.mse.nanmean(1) if masked else result.mse.mean(1)
+    # Undefined where nothing landed anywhere (no host sync: a where on the device).
+    score = torch.where(result.coverage.sum(1) > 0, score, torch.full_like(score, float("nan")))
     if lpips is None:
         return score
     render = render_points(points, colors, intrinsics, extrinsics, frames.shape[-2], frames.shape[-1],

@@ -35,6 +35,8 @@ from typing import Callable, Optional
 import torch
 
 from . import _backend, scoring
+from .geometry import POINT_SOURCES
+from .reference.render_points import CONF_TIES
 
 PROVIDERS = {
     # --geometry NAME: (module with the model class, install command)
@@ -48,6 +50,8 @@ SCORE_FIELDS = tuple(dict.fromkeys(key for metric in scoring.METRICS.values() fo
 REQUIRED_METRICS = ("3dcs", "motion")  # what the trainer ranks by and filters by
 EXIT_FAILED = 1  # every video failed, or the output could not be written during the run
 EXIT_USAGE = 2  # nothing was scored: an argument, the input file or the output is unusable
+# The keys the pair selection reads: a video with one of them undefined is not ranked.
+PAIRING_KEYS = (scoring.SCORE_KEY, scoring.MOTION_KEY)
 
 
 class CommandError(Exception):
@@ -99,6 +103,8 @@ SCORE_OPTIONS = (
     ScoreOption("--size", "size", lambda args: int(args.size)),
     ScoreOption("--geometry", "geometry", lambda args: args.geometry if args.geometry in PROVIDERS else "files"),
     ScoreOption("--accept-truncated", "accept_truncated", lambda args: bool(args.accept_truncated)),
+    ScoreOption("--points", "points", lambda args: args.points, before="depth"),
+    ScoreOption("--conf-ties", "conf_ties", lambda args: args.conf_ties, before="first"),
 )
 
 
@@ -602,12 +608,14 @@ def score_group(group: dict, done: dict, source: Source, options: dict, progress
         if isinstance(result, Exception):
             entry[ERROR_KEY] = _describe(result)
         else:
-            undefined = sorted(key for key, value in result.items() if not math.isfinite(value))
-            if undefined:
-                entry[ERROR_KEY] = (f"undefined score(s) {undefined} (NaN or inf: e.g. no valid depth, or no frame "
-                                    "pair with a valid pixel)")
-            else:
-                entry.update(result)
+            # Only the undefined metrics fail (written as null); the video leaves the pairing only
+            # when one the pair selection reads is undefined.
+            entry.update({key: value if math.isfinite(value) else None for key, value in result.items()})
+            unranked = [key for key in PAIRING_KEYS if key in result and not math.isfinite(result[key])]
+            if unranked:
+                undefined = sorted(key for key, value in result.items() if not math.isfinite(value))
+                entry[ERROR_KEY] = (f"not ranked: {' and '.join(unranked)} undefined (e.g. no valid depth or "
+                                    f"confidence, so no point to render); undefined score(s) {undefined}")
         videos[position] = entry
     for position, entry in enumerate(videos):
         if ERROR_KEY in entry:
@@ -641,6 +649,13 @@ def build_parser(prog: str = "vgpa score") -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=518, help="frames are centre-cropped and resized to size x size")
     parser.add_argument("--conf-threshold", type=float, default=0.0,
                         help="3DCS: keep the points above this confidence percentile (0 keeps all)")
+    parser.add_argument("--points", choices=POINT_SOURCES, default="depth",
+                        help="3DCS's points: 'depth' unprojects each depth with its camera; 'point_map' takes the "
+                             "geometry's point map (VGGT's point head), as VideoGPA does")
+    parser.add_argument("--conf-ties", choices=CONF_TIES, default="first",
+                        help="equal confidences at the --conf-threshold cut: 'first' keeps exactly the percentile's "
+                             "count (ties to the earlier pixel); 'all' keeps every point >= its confidence, as "
+                             "VideoGPA does")
     parser.add_argument("--metrics", default=",".join(scoring.DEFAULT_METRICS),
                         help=f"comma-separated, from {', '.join(list(scoring.METRICS) + [scoring.LPIPS])}; "
                              f"must include {' and '.join(REQUIRED_METRICS)}")
@@ -745,6 +760,9 @@ def _check_arguments(args: argparse.Namespace) -> tuple:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.conf_threshold < 100:
         raise CommandError(f"--conf-threshold is a percentage in [0, 100), got {args.conf_threshold}")
+    if args.points == "point_map" and args.geometry == "da3":
+        raise CommandError("--points point_map needs a point map, which Depth Anything 3 does not predict; "
+                           "use --points depth")
     return names
 
 
@@ -818,7 +836,7 @@ def run(args: argparse.Namespace) -> int:
             if source.geometry_dir is None:
                 source.provider = load_geometry_model(args.geometry, args.model_path, device)
             options = dict(metrics=names, conf_threshold=args.conf_threshold, backend=args.backend, device=device,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, points=args.points, conf_ties=args.conf_ties)
             mine = list(range(rank, len(groups), world))
             advance, close = _progress(sum(len(groups[k]["videos"]) for k in mine), not args.no_progress, rank)
             total = Counts()

@@ -18,9 +18,12 @@ import torch
 from torch import Tensor
 
 from . import metrics as _metrics
+from .geometry import POINT_SOURCES
 from .ops.normal_stability import normal_stability
-from .ops.point_cloud import point_cloud
+from .ops.point_cloud import point_cloud, point_map_cloud
 from .ops.reprojection_error import reprojection_error
+from .reference import geometry as _cameras
+from .reference.render_points import CONF_TIES
 
 OP = "score_videos"
 SCORE_KEY = "consistency_score"  # what the trainer ranks by: 3DCS, lower is better
@@ -31,14 +34,17 @@ MOTION_KEY = "motion_norm"  # what the trainer filters static videos by
 class VideoBatch:
     """Videos of one frame count and resolution, stacked: depth (B, T, H, W) z-depth,
     confidence (B, T, H, W) or None, intrinsics (B, T, 3, 3), extrinsics (B, T, 4, 4)
-    world-to-camera, frames (B, T, 3, H, W) RGB in [0, 1] float32 or None. On one device.
-    matches: the frames' SIFT matches once an epipolar metric has asked for them (shared by both)."""
+    world-to-camera, frames (B, T, 3, H, W) RGB in [0, 1] float32 or None, point_map
+    (B, T, H, W, 3) or None (read with ``points="point_map"`` only). On one device; the world is
+    each video's first camera. matches: the frames' SIFT matches once an epipolar metric has
+    asked for them (shared by both)."""
 
     depth: Tensor
     confidence: Optional[Tensor]
     intrinsics: Tensor
     extrinsics: Tensor
     frames: Optional[Tensor]
+    point_map: Optional[Tensor] = None
     matches: Optional[object] = None
 
 
@@ -51,6 +57,8 @@ class ScoringOptions:
     lpips_weight: float
     pairs: Optional[Tensor]
     backend: str
+    points: str = "depth"
+    conf_ties: str = "first"
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,12 @@ def _mean_over_valid_pairs(error: Tensor, valid_count: Tensor) -> Tensor:
 
 
 def _three_dcs(batch: VideoBatch, options: ScoringOptions) -> dict:
-    cloud = point_cloud(batch.depth, batch.intrinsics, batch.extrinsics, batch.frames, conf=batch.confidence,
-                        conf_threshold=options.conf_threshold)
+    if options.points == "point_map":  # VideoGPA's cloud: the point head's map, filtered by the depth confidence
+        cloud = point_map_cloud(batch.point_map, batch.frames, conf=batch.confidence,
+                                conf_threshold=options.conf_threshold, conf_ties=options.conf_ties)
+    else:
+        cloud = point_cloud(batch.depth, batch.intrinsics, batch.extrinsics, batch.frames, conf=batch.confidence,
+                            conf_threshold=options.conf_threshold, conf_ties=options.conf_ties)
     distances = []
 
     def recorded_lpips(render, frame):  # keeps the distances, so that LPIPS is reported on its own too
@@ -92,7 +104,9 @@ def _three_dcs(batch: VideoBatch, options: ScoringOptions) -> dict:
                                        lpips_weight=options.lpips_weight, backend=options.backend)
     out = {SCORE_KEY: score, "3dcs": score}
     if distances:
-        out["3dcs_lpips"] = distances[0].reshape(batch.depth.shape[:2]).to(score.dtype).mean(1)
+        lpips_mean = distances[0].reshape(batch.depth.shape[:2]).to(score.dtype).mean(1)
+        # Where 3DCS is undefined (nothing rendered) its LPIPS part is too.
+        out["3dcs_lpips"] = torch.where(score.isnan(), score, lpips_mean)
     return out
 
 
@@ -208,10 +222,23 @@ def _field(geometry, name):
     return getattr(geometry, name, None)
 
 
-def _check_video(index, geometry, frames, needs_frames, conf_threshold):
-    """(depth, confidence, intrinsics, extrinsics (T, 4, 4), frames or None) of one video,
-    checked; errors name the video. ``needs_frames``: the names of the requested metrics that
-    read frames; ``conf_threshold`` > 0 needs a confidence for 3DCS."""
+def relative_to_first_camera(extrinsics: Tensor) -> Tensor:
+    """World-to-camera poses (T, 4, 4) re-expressed with the first camera as the world, in
+    float64: E_t E_0^-1. Every score is invariant to a rigid change of the world, so this
+    changes none in exact arithmetic; it keeps the world coordinates that the float32 ops see
+    near the cameras, so that a scene far from its world's origin scores as it would at it.
+    A first camera at the origin (VGGT's convention) gives the poses unchanged, bit for bit."""
+    steps = extrinsics.shape[0]
+    pairs = torch.stack([torch.zeros(steps, dtype=torch.int64), torch.arange(steps)], 1).to(extrinsics.device)
+    return _cameras.relative_transform(extrinsics[None].to(torch.float64), pairs)[0]
+
+
+def _check_video(index, geometry, frames, needs_frames, conf_threshold, points="depth"):
+    """(depth, confidence, intrinsics, extrinsics (T, 4, 4) float64 relative to the first
+    camera, frames or None, point map in that frame (float64) or None) of one video, checked;
+    errors name the video. ``needs_frames``: the names of the requested metrics that read
+    frames; ``conf_threshold`` > 0 needs a confidence for 3DCS; ``points`` "point_map" with 3DCS
+    needs the record's point map."""
     where = f"{OP}: video {index}"
     tensors = {name: _field(geometry, name) for name in ("depth", "confidence", "intrinsics", "extrinsics")}
     for name, value in tensors.items():
@@ -241,13 +268,33 @@ def _check_video(index, geometry, frames, needs_frames, conf_threshold):
     if extrinsics.shape != (steps, 4, 4):
         raise ValueError(f"{where}: extrinsics must be (T, 4, 4) or (T, 3, 4) with T = {steps}, "
                          f"got {tuple(extrinsics.shape)}")
+    point_map = None
+    if points == "point_map" and "3dcs" in needs_frames:
+        point_map = _field(geometry, "point_map")
+        if point_map is None:
+            raise ValueError(f"{where}: points='point_map' builds 3DCS from the record's point map (VGGT's "
+                             "world_points), but the video has none; score it with points='depth'")
+        if not isinstance(point_map, Tensor) or not point_map.is_floating_point():
+            raise TypeError(f"{where}: point_map must be a floating-point torch.Tensor, got "
+                            f"{point_map.dtype if isinstance(point_map, Tensor) else type(point_map).__name__}")
+        if point_map.shape != (steps, height, width, 3):
+            raise ValueError(f"{where}: point_map must be (T, H, W, 3) = ({steps}, {height}, {width}, 3), "
+                             f"got {tuple(point_map.shape)}")
+    first = extrinsics[0].to(torch.float64)
+    try:
+        extrinsics = relative_to_first_camera(extrinsics)
+    except _cameras.CameraError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if point_map is not None:  # into the first camera's frame, as the cameras: X_0 = R_0 X + t_0
+        point_map = point_map.to(device=first.device, dtype=torch.float64)
+        point_map = (point_map[..., None, :] * first[:3, :3]).sum(-1) + first[:3, 3]
     if frames is None:
         frames = _field(geometry, "frames")
     if frames is None:
         if needs_frames:
             raise ValueError(f"{where}: {', '.join(needs_frames)} need(s) the video's frames; the geometry holds none "
                              "and none were passed")
-        return depth, confidence, intrinsics, extrinsics, None
+        return depth, confidence, intrinsics, extrinsics, None, point_map
     if not isinstance(frames, Tensor):
         raise TypeError(f"{where}: frames must be a torch.Tensor, got {type(frames).__name__}")
     if frames.shape != (steps, 3, height, width):
@@ -257,14 +304,15 @@ def _check_video(index, geometry, frames, needs_frames, conf_threshold):
         frames = frames.float() / 255
     elif not frames.is_floating_point():
         raise TypeError(f"{where}: frames must be uint8 or float in [0, 1], got {frames.dtype}")
-    return depth, confidence, intrinsics, extrinsics, frames
+    return depth, confidence, intrinsics, extrinsics, frames, point_map
 
 
 def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Tensor]]] = None,
                  metrics: Union[str, Sequence[str]] = DEFAULT_METRICS, conf_threshold: float = 0.0,
                  lpips: Optional[Callable] = None, lpips_weight: float = 1.0,
                  pairs: Union[Tensor, Sequence[Sequence[int]], None] = None, backend: str = "auto",
-                 device: Union[str, torch.device, None] = None, batch_size: Optional[int] = None) -> list:
+                 device: Union[str, torch.device, None] = None, batch_size: Optional[int] = None,
+                 points: str = "depth", conf_ties: str = "first") -> list:
     """Geometric-consistency scores of each video; returns one dict {key: float} per video, in
     the order of ``geometries``.
 
@@ -284,10 +332,22 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
     - "mvcs" -> ``mvcs`` (higher is better, in (0, 1]).
     - "normal_stability" -> ``normal_stability`` (lower is better, in [0, 2]).
     - "reprojection" -> ``reprojection_abs_rel`` (lower is better).
-    - "motion" -> ``motion_norm`` (camera motion; not a quality: pairs drop videos below 0.001).
+    - "motion" -> ``motion_norm`` (camera motion relative to the first camera; not a quality:
+      pairs drop videos below 0.001).
     normal_stability and reprojection average over ``pairs`` (default consecutive frames) that
     have at least one valid pixel. A score that is undefined for a video (e.g. no pair with a
-    valid pixel) is NaN, never a stand-in number.
+    valid pixel, or no point of the cloud landing in any frame) is NaN, never a stand-in number.
+
+    points: where 3DCS takes its points from. "depth" (vgpa's default): each pixel's depth
+    unprojected with its camera. "point_map": the record's ``point_map`` (VGGT's point head,
+    kept by :func:`vgpa.geometry.from_vggt`) as VideoGPA builds its cloud, filtered by the
+    record's confidence; every video then needs one. conf_ties: equal confidences at the
+    ``conf_threshold`` cut, "first" (keep exactly k, ties to the earlier pixel) or "all" (keep
+    every point >= the k-th confidence, VideoGPA's rule); see :func:`vgpa.point_cloud`.
+
+    Each video's cameras are first re-expressed relative to its first camera, in float64
+    (:func:`relative_to_first_camera`): no score depends on where the world's origin is, and
+    ``motion_norm`` is measured in the first camera's frame.
 
     Videos with the same frame count, resolution and confidence presence are stacked, at most
     ``batch_size`` at a time (default all), and each op runs once per stack on ``device``
@@ -313,19 +373,23 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
     if isinstance(conf_threshold, bool) or not isinstance(conf_threshold, (int, float)) \
             or not 0 <= conf_threshold < 100:
         raise ValueError(f"{OP}: conf_threshold is a percentage in [0, 100), got {conf_threshold!r}")
+    if points not in POINT_SOURCES:
+        raise ValueError(f"{OP}: points must be one of {POINT_SOURCES}, got {points!r}")
+    if conf_ties not in CONF_TIES:
+        raise ValueError(f"{OP}: conf_ties must be one of {CONF_TIES}, got {conf_ties!r}")
     if LPIPS in names and lpips is None:
         lpips = package_lpips(device)
     table = [METRICS[name] for name in names if name in METRICS]
     needs_frames = [metric.name for metric in table if metric.needs_frames]
-    videos = [_check_video(i, g, None if frames is None else frames[i], needs_frames, conf_threshold)
+    videos = [_check_video(i, g, None if frames is None else frames[i], needs_frames, conf_threshold, points)
               for i, g in enumerate(geometries)]
     if pairs is not None and not isinstance(pairs, Tensor):
         pairs = torch.as_tensor(pairs, dtype=torch.int64)
     options = ScoringOptions(float(conf_threshold), lpips, float(lpips_weight),
-                             None if pairs is None else pairs.to(device), backend)
+                             None if pairs is None else pairs.to(device), backend, points, conf_ties)
 
     stacks = {}
-    for index, (depth, confidence, _, _, video_frames) in enumerate(videos):
+    for index, (depth, confidence, _, _, video_frames, _) in enumerate(videos):
         key = (tuple(depth.shape), confidence is not None, video_frames is not None)
         stacks.setdefault(key, []).append(index)
     results = [dict() for _ in videos]
@@ -347,4 +411,4 @@ def _stack(videos, device) -> VideoBatch:
             return None
         return torch.stack([video[position].to(device=device, dtype=dtype) for video in videos])
 
-    return VideoBatch(stack(0), stack(1), stack(2), stack(3), stack(4))
+    return VideoBatch(stack(0), stack(1), stack(2), stack(3), stack(4), stack(5))

@@ -318,11 +318,15 @@ def depth_to_normals(depth: Tensor, intrinsics: Tensor, backend: str = "auto") -
     resolved = _backend.resolve(backend, depth.device, op)
     flat = depth.reshape(-1, 1, height, width)  # a view unless the leading axes cannot merge
     k = intrinsics.expand(lead + (3, 3)).reshape(-1, 3, 3)
-    if resolved == "torch":
-        normals, valid = reference.depth_to_normals(flat[:, 0], geometry.inverse_intrinsics(k).to(_acc(depth.dtype)))
-        normals = normals.to(depth.dtype)
-    else:
-        normals, valid, _ = _normals_op(flat, k, resolved)
+    try:
+        if resolved == "torch":
+            normals, valid = reference.depth_to_normals(flat[:, 0],
+                                                        geometry.inverse_intrinsics(k).to(_acc(depth.dtype)))
+            normals = normals.to(depth.dtype)
+        else:
+            normals, valid, _ = _normals_op(flat, k, resolved)
+    except geometry.CameraError as exc:  # raised by the camera algebra, which does not know the op
+        raise geometry.named(op, exc) from None
     return DepthToNormalsResult(normals.view(lead + (3, height, width)), valid.view(depth.shape))
 
 
@@ -370,14 +374,17 @@ def normal_stability(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Ten
     occlusion_tol = _checks.occlusion_tol(op, occlusion_tol)
     pairs = _checks.pairs(op, pairs, frames, depth.device)
     resolved = _backend.resolve(backend, depth.device, op)
-    if resolved == "torch":  # the reference, differentiated by autograd
-        pairs = _checks.checked_pairs(pairs, frames, op)
-        mean, count, error_map, valid_mask = reference.normal_stability(depth, intrinsics, extrinsics, pairs, warp,
-                                                                        occlusion_tol)
-    else:
-        mean, count, error_map, valid_mask, _, _, _ = _stability_op(depth, intrinsics, extrinsics if warp else None,
-                                                                    pairs, warp, occlusion_tol, bool(return_map),
-                                                                    resolved)
+    try:
+        if resolved == "torch":  # the reference, differentiated by autograd
+            pairs = _checks.checked_pairs(pairs, frames, op)
+            mean, count, error_map, valid_mask = reference.normal_stability(depth, intrinsics, extrinsics, pairs,
+                                                                            warp, occlusion_tol)
+        else:
+            mean, count, error_map, valid_mask, _, _, _ = _stability_op(depth, intrinsics,
+                                                                        extrinsics if warp else None, pairs, warp,
+                                                                        occlusion_tol, bool(return_map), resolved)
+    except geometry.CameraError as exc:  # raised by the camera algebra, which does not know the op
+        raise geometry.named(op, exc) from None
     if return_map:
         return NormalStabilityResult(mean, count, error_map, valid_mask)
     return NormalStabilityResult(mean, count)

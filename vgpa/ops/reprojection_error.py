@@ -282,6 +282,15 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor,
 def _reprojection_error(op, depth, intrinsics, extrinsics, pairs, image, error, validity, occlusion_tol, return_map,
                         backend):
     """reprojection_error, its errors reported under the public op name ``op`` (mvcs uses it)."""
+    try:
+        return _reprojection_error_checked(op, depth, intrinsics, extrinsics, pairs, image, error, validity,
+                                           occlusion_tol, return_map, backend)
+    except geometry.CameraError as exc:  # raised by the camera algebra, which does not know the op
+        raise geometry.named(op, exc) from None
+
+
+def _reprojection_error_checked(op, depth, intrinsics, extrinsics, pairs, image, error, validity, occlusion_tol,
+                                return_map, backend):
     _checks.depth(op, depth)
     batch, frames, height, width = depth.shape
     intrinsics, extrinsics = _checks.cameras(op, depth, intrinsics, extrinsics)
@@ -353,6 +362,9 @@ def _unproject_depth(op, depth, intrinsics, extrinsics, backend):
     _checks.depth(op, depth)
     intrinsics, extrinsics = _checks.cameras(op, depth, intrinsics, extrinsics)
     resolved = _backend.resolve(backend, depth.device, op)
-    if resolved == "torch":
-        return reference.unproject_depth(depth, intrinsics, extrinsics)
-    return _unproject_op(depth, intrinsics, extrinsics, resolved)[0]
+    try:
+        if resolved == "torch":
+            return reference.unproject_depth(depth, intrinsics, extrinsics)
+        return _unproject_op(depth, intrinsics, extrinsics, resolved)[0]
+    except geometry.CameraError as exc:
+        raise geometry.named(op, exc) from None

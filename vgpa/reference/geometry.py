@@ -20,8 +20,19 @@ from torch import Tensor
 SNAP_TOLERANCE = 1e-11
 
 
-class SingularCameraError(ValueError):
+class CameraError(ValueError):
+    """An intrinsics or extrinsics matrix that no camera can have. The public ops re-raise it
+    with their name in front (:func:`named`)."""
+
+
+class SingularCameraError(CameraError):
     """An intrinsics or extrinsics matrix cannot be inverted."""
+
+
+def named(op: str, exc: CameraError) -> CameraError:
+    """``exc`` as raised by the public op ``op``: the same class, the message prefixed by
+    ``op``. These helpers are shared by many ops, so the name is added where the op is known."""
+    return type(exc)(f"{op}: {exc}")
 
 
 def as_pose_4x4(extrinsics: Tensor) -> Tensor:
@@ -74,7 +85,7 @@ def invert_pose(extrinsics: Tensor, check: bool = True) -> Tensor:
     if check and not torch.compiler.is_compiling():
         bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=pose.dtype, device=pose.device)
         if not bool((pose[..., 3, :] == bottom).all()):
-            raise ValueError("extrinsics matrix E must have the last row [0, 0, 0, 1]")
+            raise CameraError("extrinsics matrix E must have the last row [0, 0, 0, 1]")
     return _inverse(pose, "extrinsics matrix E", check)
 
 

@@ -162,26 +162,42 @@ def confidence_keep_count(valid_count: int, conf_threshold: float) -> int:
     return -((-keep.numerator) // keep.denominator)
 
 
-def point_cloud_selection(depth: Tensor, conf: Tensor | None, conf_threshold: float) -> list[Tensor]:
+CONF_TIES = ("first", "all")  # equal confidences at the cut: vgpa's rule, VideoGPA's rule
+
+
+def point_cloud_selection(depth: Tensor | None, conf: Tensor | None, conf_threshold: float, ties: str = "first",
+                          points: Tensor | None = None) -> list[Tensor]:
     """Per video, the flat pixel indices (t, v, u order, ascending) that become points.
 
-    A pixel qualifies when its depth is finite and > 0 and, with ``conf``, its confidence is
-    finite and > 1e-5. With ``conf_threshold`` c > 0 the ceil(N (1 - c / 100)) qualifying
-    pixels of highest confidence are kept; equal confidences go to the earlier pixel.
+    A pixel qualifies when its depth is finite and > 0 (or, given ``points`` (B, T, H, W, 3)
+    in place of the depth, when its point is finite) and, with ``conf``, its confidence is
+    finite and > 1e-5. With ``conf_threshold`` c > 0, k = ceil(N (1 - c / 100)) of the N
+    qualifying pixels are kept, those of highest confidence. ``ties`` "first" keeps exactly k,
+    equal confidences going to the earlier pixel; "all" keeps every qualifying pixel whose
+    confidence is >= the k-th highest (VideoGPA's rule: ties at the cut are all kept).
     """
-    videos = depth.shape[0]
-    flat_depth = depth.reshape(videos, -1)
-    valid = torch.isfinite(flat_depth) & (flat_depth > 0)
+    if points is not None:
+        videos = points.shape[0]
+        valid = torch.isfinite(points).all(-1).reshape(videos, -1)
+    else:
+        videos = depth.shape[0]
+        flat_depth = depth.reshape(videos, -1)
+        valid = torch.isfinite(flat_depth) & (flat_depth > 0)
     if conf is not None:
         flat_conf = conf.reshape(videos, -1)
         valid &= torch.isfinite(flat_conf) & (flat_conf > 1e-5)
     selection = []
     for b in range(videos):
         index = valid[b].nonzero().squeeze(1)
-        if conf is not None and conf_threshold > 0:
+        if conf is not None and conf_threshold > 0 and index.numel():
             keep = confidence_keep_count(index.numel(), conf_threshold)
-            # Stable descending sort: among equal confidences the earlier pixel comes first.
-            order = torch.sort(flat_conf[b, index], descending=True, stable=True).indices[:keep]
-            index = index[order].sort().values
+            values = flat_conf[b, index]
+            if ties == "all":
+                kth = torch.topk(values, keep).values[-1]
+                index = index[values >= kth]
+            else:
+                # Stable descending sort: among equal confidences the earlier pixel comes first.
+                order = torch.sort(values, descending=True, stable=True).indices[:keep]
+                index = index[order].sort().values
         selection.append(index)
     return selection
