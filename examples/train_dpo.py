@@ -309,7 +309,9 @@ def main(args):
         for model in models:
             if accelerator.is_main_process:
                 vt.save_lora_checkpoint(accelerator.unwrap_model(model), checkpoint_dir)
-                logger.info(f"wrote the LoRA weights to {checkpoint_dir}", main_process_only=False)
+                # The rank in the message itself: older accelerate releases do not prefix it.
+                logger.info(f"process {accelerator.process_index} wrote the LoRA weights to {checkpoint_dir}",
+                            main_process_only=False)
             weights.pop()  # accelerate would otherwise save the whole base model as well
 
     def load_model_hook(models, checkpoint_dir):
