@@ -2,8 +2,8 @@
 pair of every video, forward. Each size is one batch of videos; every implementation runs its own
 task on it. Peers:
 
-- "kornia loop": our statement of VideoGPA's per-pair loop (DESIGN 3.6) as its evaluation runs
-  it: for each consecutive pair of each video, kornia's find_fundamental on all of the pair's
+- "kornia loop": our statement of VideoGPA's per-pair loop (docs/design.md 3.6) as its evaluation
+  runs it: for each consecutive pair of each video, kornia's find_fundamental on all of the pair's
   matches, then sampson_epipolar_distance and the pair score, the mean of sqrt(d^2 + 1e-8), one
   pair at a time. Compared with the "vgpa[...]" rows: ``vgpa.fundamental_matrix(method="8point")``
   on all pairs at once, then one ``vgpa.sampson_distance`` call and the per-pair means;
@@ -173,7 +173,7 @@ def vgpa_8point(inputs: Inputs, backend: str) -> torch.Tensor:
 
 
 def reference(inputs: Inputs) -> torch.Tensor:
-    """(P,) pair scores of vgpa's pure-PyTorch path (VideoGPA's score, DESIGN 3.6)."""
+    """(P,) pair scores of vgpa's pure-PyTorch path (VideoGPA's score, docs/design.md 3.6)."""
     return vgpa.metrics.epipolar_score(matches=inputs.matches, method="8point", backend="torch").pair_score
 
 

@@ -1,5 +1,5 @@
-"""Normal stability (DESIGN 3.2) of consecutive pairs, forward and forward + backward with respect
-to depth. Peers:
+"""Normal stability (docs/design.md 3.2) of consecutive pairs, forward and forward + backward with
+respect to depth. Peers:
 
 - "kornia": what a user would write with kornia (our statement): depth_to_normals of every frame,
   then per pair rotate the source normals, resample the target normals at the warped source
@@ -74,7 +74,8 @@ def agree(got, expected):
 
 def kornia_agree(got, expected):
     """kornia's normals differ from vgpa's at the border and its warp is bilinear where vgpa's
-    follows DESIGN 3.2, so its error is checked to be within 10% of the reference, not equal."""
+    follows docs/design.md 3.2, so its error is checked to be within 10% of the reference, not
+    equal."""
     assert_close(got, expected, rtol=0.1, atol=1e-3, what="kornia normal stability")
 
 

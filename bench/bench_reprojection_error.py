@@ -1,9 +1,9 @@
 """Depth-warp reprojection error of every consecutive frame pair (the MVCS configuration: squared
 depth error, "zeros" validity), forward and forward + backward (gradient w.r.t. the depth). Peers:
 
-- "VideoGPA MVCS loop": our statement of VideoGPA's MVCS formula (DESIGN 3.1) as its evaluation
-  runs it, one pair at a time with the pair's error read back to the host (``.item()``) before
-  the next pair: unproject frame t, move it into camera t+1, project, grid_sample depth t+1
+- "VideoGPA MVCS loop": our statement of VideoGPA's MVCS formula (docs/design.md 3.1) as its
+  evaluation runs it, one pair at a time with the pair's error read back to the host (``.item()``)
+  before the next pair: unproject frame t, move it into camera t+1, project, grid_sample depth t+1
   (align_corners=True, zero padding) and average (z' - d)^2 over z' > 0 and in-image pixels;
 - "kornia": kornia.geometry.depth.warp_frame_depth on all pairs stacked as one batch, then the
   same error (the transformed depth z' from depth_to_3d_v2 + transform_points);

@@ -1,4 +1,4 @@
-// Paired Diffusion-DPO loss (DESIGN 3.4): the per-element math shared by the CUDA kernels
+// Paired Diffusion-DPO loss (docs/design.md 3.4): the per-element math shared by the CUDA kernels
 // (diffusion_dpo_loss.cu) and their C++ CPU twin (diffusion_dpo_loss.cpp).
 #pragma once
 

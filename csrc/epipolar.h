@@ -1,4 +1,4 @@
-// Epipolar kernels (DESIGN 3.6): the per-match Sampson math shared by the CUDA kernels
+// Epipolar kernels (docs/design.md 3.6): the per-match Sampson math shared by the CUDA kernels
 // (epipolar.cu) and their C++ CPU twin (epipolar.cpp). The expression and its order are those
 // of vgpa/reference/epipolar.py; every operation is rounded on its own (the sources are built
 // without FMA contraction), so the distances and the inlier decisions agree bitwise with the

@@ -1,4 +1,4 @@
-// Pinhole-camera warp math shared by the geometry ops (DESIGN 2, 3.1, 3.2), on the host
+// Pinhole-camera warp math shared by the geometry ops (docs/design.md 2, 3.1, 3.2), on the host
 // (C++/OpenMP twins) and on the device (CUDA). Conventions: pixel centres at integer (u, v),
 // u = column, v = row; OpenCV camera (x right, y down, z forward); matrices row-major.
 #pragma once

@@ -1,6 +1,7 @@
-// Surface normals from depth and the normal-stability error (DESIGN 3.2): the per-pixel math
-// shared by the CUDA kernels (normal_stability.cu) and their C++ CPU twin (normal_stability.cpp).
-// The warp itself (unproject, pair matrix, strict validity, bilinear taps) is geometry.h's.
+// Surface normals from depth and the normal-stability error (docs/design.md 3.2): the per-pixel
+// math shared by the CUDA kernels (normal_stability.cu) and their C++ CPU twin
+// (normal_stability.cpp). The warp itself (unproject, pair matrix, strict validity, bilinear
+// taps) is geometry.h's.
 #pragma once
 
 #include <cmath>
@@ -83,7 +84,7 @@ VGPA_HD I round_half_even_index(A x) {
   return frac > A(0.5) ? i + 1 : (frac < A(0.5) ? i : i + (i & 1));
 }
 
-// The normal of one pixel by central differences of the unprojected points (DESIGN 3.2):
+// The normal of one pixel by central differences of the unprojected points (docs/design.md 3.2):
 // d_u = X(u+1, v) - X(u-1, v), d_v = X(u, v+1) - X(u, v-1), c = d_u x d_v,
 // n = sign * c / |c| with sign = -1 when c . X(u, v) > 0 (oriented toward the camera).
 template <typename A>
@@ -233,7 +234,7 @@ VGPA_HD A cosine_error(A cosine) {
 }
 
 // Scores source pixel (x, y) of frame i against frame j; false when it is not valid (no source
-// normal, strict warp validity of DESIGN 3.1 fails, occluded, or no target normal at q).
+// normal, strict warp validity of docs/design.md 3.1 fails, occluded, or no target normal at q).
 template <typename T, typename A>
 VGPA_HD bool normal_stability_pixel(const NormalStabilityArgs& a, int64_t b, int64_t i, int64_t j, const A* rot,
                                     const A* pm, int64_t y, int64_t x, NormalPairPixel<A>& px) {

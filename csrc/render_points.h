@@ -1,5 +1,5 @@
-// Point-cloud re-render with an exact z-buffer (DESIGN 3.3): the per-point and per-pixel math
-// shared by the CUDA kernels (render_points.cu) and their C++ CPU twin (render_points.cpp).
+// Point-cloud re-render with an exact z-buffer (docs/design.md 3.3): the per-point and per-pixel
+// math shared by the CUDA kernels (render_points.cu) and their C++ CPU twin (render_points.cpp).
 //
 // Pass 1 (z-buffer): every landed point offers key = (float32 bits of z) << 32 | index to its
 // pixel with an integer atomic minimum; finite z > 0 has bits that order like integers, so the

@@ -1,5 +1,6 @@
-// Depth-warp reprojection error (DESIGN 3.1) and depth unprojection: the per-pixel math shared
-// by the CUDA kernels (reprojection_error.cu) and their C++ CPU twin (reprojection_error.cpp).
+// Depth-warp reprojection error (docs/design.md 3.1) and depth unprojection: the per-pixel
+// math shared by the CUDA kernels (reprojection_error.cu) and their C++ CPU twin
+// (reprojection_error.cpp).
 #pragma once
 
 #include "geometry.h"
@@ -145,7 +146,7 @@ VGPA_HD A photometric_error(const ReprojectionErrorArgs& a, int64_t b, int64_t i
 }
 
 // Warps source pixel (x, y) of frame i into frame j and scores it; false when it is not valid
-// (DESIGN 3.1: validity, occlusion, and a non-finite error, e.g. abs_rel against a sampled
+// (docs/design.md 3.1: validity, occlusion, and a non-finite error, e.g. abs_rel against a sampled
 // depth of 0 under "zeros" validity).
 template <typename T, typename A>
 VGPA_HD bool reproject_pixel(const ReprojectionErrorArgs& a, int64_t b, int64_t i, int64_t j, const A* pm,

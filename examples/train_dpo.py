@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Diffusion-DPO LoRA fine-tuning of CogVideoX and Wan on precomputed latents, with vgpa's
-fused DPO loss (the VideoGPA recipe, DESIGN 1).
+fused DPO loss (the VideoGPA recipe, docs/design.md 1).
 
     accelerate launch examples/train_dpo.py \\
         --pretrained-model-name-or-path THUDM/CogVideoX-5b \\
@@ -43,7 +43,8 @@ from vgpa.reference.diffusion_dpo_loss import LOSS_TYPES, REFERENCE_FREE_LOSS_TY
 logger = get_logger(__name__, log_level="INFO")
 
 # Flags whose default depends on the mode: (real run, --tiny run). The real-run values are
-# VideoGPA's (DESIGN 1); the tiny ones make a randomly initialised toy model move in 20 steps.
+# VideoGPA's (docs/design.md 1); the tiny ones make a randomly initialised toy model move in
+# 20 steps.
 MODE_DEFAULTS = {
     "max_train_steps": (10_000, 20),
     "learning_rate": (5e-6, 1e-2),

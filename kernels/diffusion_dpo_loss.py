@@ -1,4 +1,4 @@
-"""Triton kernels of the paired Diffusion-DPO loss (DESIGN 3.4).
+"""Triton kernels of the paired Diffusion-DPO loss (docs/design.md 3.4).
 
 Every operand is seen as (N, F, A, B, C) with its own strides (see vgpa._layout). One
 program reduces one fixed chunk of one (sample, segment) into a partial sum, so the result

@@ -1,5 +1,5 @@
-"""Triton kernels of the epipolar ops (DESIGN 3.6): the Sampson distance of every match of every
-frame pair, its gradient, and the RANSAC inlier count of every hypothesis of every pair.
+"""Triton kernels of the epipolar ops (docs/design.md 3.6): the Sampson distance of every match of
+every frame pair, its gradient, and the RANSAC inlier count of every hypothesis of every pair.
 
 Matches are flat rows (N, 2) with per-pair ``offsets`` and ``counts`` (vgpa/reference/epipolar.py);
 every pair is handled in one launch, its programs folded into grid axis x. The Sampson

@@ -1,4 +1,4 @@
-"""Triton helpers for the pinhole warp shared by the geometry kernels (DESIGN 2, 3.1, 3.2).
+"""Triton helpers for the pinhole warp shared by the geometry kernels (docs/design.md 2, 3.1, 3.2).
 
 The twins of csrc/geometry.h: pixel centres at integer (u, v), u the column; OpenCV camera;
 matrices row-major in memory. Every helper works on blocks of pixels.
@@ -146,7 +146,7 @@ def bilinear_tap(x0, y0, wx, wy, H, W, active, DX: tl.constexpr, DY: tl.constexp
 
 @triton.jit
 def used_taps_valid(u0, u1, u2, u3, d0, d1, d2, d3):
-    """Every used tap holds a valid depth (the strict validity of DESIGN 3.1)."""
+    """Every used tap holds a valid depth (the strict validity of docs/design.md 3.1)."""
     ok = (~u0 | depth_is_valid(d0)) & (~u1 | depth_is_valid(d1))
     return ok & (~u2 | depth_is_valid(d2)) & (~u3 | depth_is_valid(d3))
 

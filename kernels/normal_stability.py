@@ -1,4 +1,4 @@
-"""Triton kernels of surface normals from depth and of normal stability (DESIGN 3.2).
+"""Triton kernels of surface normals from depth and of normal stability (docs/design.md 3.2).
 
 Normals are never stored for the stability error: each program recomputes n_i(p) and n_j(q)
 from the five depths around p and q. The warp helpers are kernels/geometry.py's.

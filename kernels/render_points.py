@@ -1,4 +1,4 @@
-"""Triton kernels of the point-cloud re-render with an exact z-buffer (DESIGN 3.3).
+"""Triton kernels of the point-cloud re-render with an exact z-buffer (docs/design.md 3.3).
 
 Pass 1 offers every landed point's key = (float32 bits of z) << 32 | index to its pixel with an
 int64 atomic minimum (order-independent, so exact). Pass 2 decodes the keys into colour, depth

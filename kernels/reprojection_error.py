@@ -1,4 +1,4 @@
-"""Triton kernels of the depth-warp reprojection error (DESIGN 3.1) and depth unprojection.
+"""Triton kernels of the depth-warp reprojection error (docs/design.md 3.1) and depth unprojection.
 
 Forward: one program reduces one fixed chunk of pixels of one (video, pair) into a partial
 (error sum, valid count); the partials are summed in a fixed order afterwards, so the result is

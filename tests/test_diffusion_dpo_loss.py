@@ -381,7 +381,7 @@ def test_compiled_extension_is_built_as_asked():
 
 
 def _formula64(model_pred, ref_pred, target, *, loss_type, beta=None, sft_weight=0.0, label_smoothing=0.0):
-    """Loss and gradient as DESIGN 3.4 states them, written out in float64 without vgpa."""
+    """Loss and gradient as docs/design.md 3.4 states them, written out in float64 without vgpa."""
     m = model_pred.detach().double().requires_grad_()
     t = target.detach().double()
     pairs = m.shape[0] // 2

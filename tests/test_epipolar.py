@@ -1,4 +1,4 @@
-"""Epipolar kernels (DESIGN 3.6): the Sampson distance and the RANSAC inlier count on every
+"""Epipolar kernels (docs/design.md 3.6): the Sampson distance and the RANSAC inlier count on every
 backend against the pure-PyTorch reference, on correspondences made from known cameras and 3D
 points, plus kornia, gradcheck, torch.compile, the input rules and the inlier rule."""
 

@@ -1,4 +1,4 @@
-"""Fundamental matrices from matches (DESIGN 3.6): 8-point and RANSAC on correspondences of
+"""Fundamental matrices from matches (docs/design.md 3.6): 8-point and RANSAC on correspondences of
 known cameras and 3D points, against kornia's find_fundamental, degenerate pairs, input errors,
 and identical RANSAC decisions on every backend."""
 

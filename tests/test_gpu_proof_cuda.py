@@ -1,5 +1,6 @@
-"""The CUDA kernels' compiled code, checked without a GPU (DESIGN 5; vgpa_tools/gpu_proof/cuda_kernels.py):
-every csrc/*.cu compiled by nvcc with the build's flags for sm_80 and sm_90.
+"""The CUDA kernels' compiled code, checked without a GPU (docs/design.md 5;
+vgpa_tools/gpu_proof/cuda_kernels.py): every csrc/*.cu compiled by nvcc with the build's flags for
+sm_80 and sm_90.
 
 - resource budget: no kernel spills or keeps a local-memory stack frame, and the committed
   table docs/gpu_resources_cuda.csv is what the sources compile to;

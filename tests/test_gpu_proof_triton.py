@@ -1,7 +1,8 @@
-"""The Triton kernels proven for the GPU on the CPU (DESIGN 5, vgpa_tools/gpu_proof/triton_kernels.py):
-every variant the ops can launch compiles for sm_80 and sm_90, within the resource budget, with
-rounded arithmetic on the decision paths and relaxed atomics; plus the launch defects (device,
-grid limits, occlusion tolerance type, int64 indices) tested on CPU tensors."""
+"""The Triton kernels proven for the GPU on the CPU (docs/design.md 5,
+vgpa_tools/gpu_proof/triton_kernels.py): every variant the ops can launch compiles for sm_80 and
+sm_90, within the resource budget, with rounded arithmetic on the decision paths and relaxed
+atomics; plus the launch defects (device, grid limits, occlusion tolerance type, int64 indices)
+tested on CPU tensors."""
 
 import contextlib
 import os

@@ -1,5 +1,5 @@
-"""Point cloud, z-buffered re-render and render consistency (DESIGN 3.3): every backend against
-the pure-PyTorch reference, bitwise for the render, plus scenes with known answers."""
+"""Point cloud, z-buffered re-render and render consistency (docs/design.md 3.3): every backend
+against the pure-PyTorch reference, bitwise for the render, plus scenes with known answers."""
 
 import math
 

@@ -662,7 +662,7 @@ def test_script_rejects_missing_arguments(tmp_path, capsys):
     assert "--pretrained-model-name-or-path and --pairs are required" in capsys.readouterr().err
     tiny = script.parse_args(["--tiny", "--output-dir", str(tmp_path)])
     full = script.parse_args(["--pretrained-model-name-or-path", "m", "--pairs", "p.json", "--output-dir", "o"])
-    # VideoGPA's recipe is the default of a real run (DESIGN 1).
+    # VideoGPA's recipe is the default of a real run (docs/design.md 1).
     assert (full.rank, full.lora_alpha, full.learning_rate, full.lr_warmup_steps, full.lr_scheduler,
             full.max_grad_norm, full.beta) == (64, 128, 5e-6, 500, "cosine", 1.0, 1.0)
     assert full.lora_target_modules == "to_q,to_k,to_v,to_out.0" and full.min_gap == 0.05

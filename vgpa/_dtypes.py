@@ -1,4 +1,4 @@
-"""The accumulation dtype every op reduces in (DESIGN 2): float32, or float64 for float64 inputs."""
+"""Accumulation dtype of every reduction (docs/design.md 2): float32; float64 for float64 input."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Keypoint matching between video frames with OpenCV (the matching of VideoGPA's epipolar
-score, DESIGN 3.6): SIFT on the grey uint8 frame, brute-force kNN (k = 2, L2) and Lowe's ratio
-test. Matching runs on the host, per frame; the fitting and scoring that follow are batched
+score, docs/design.md 3.6): SIFT on the grey uint8 frame, brute-force kNN (k = 2, L2) and Lowe's
+ratio test. Matching runs on the host, per frame; the fitting and scoring that follow are batched
 (:func:`vgpa.fundamental_matrix`, :func:`vgpa.metrics.epipolar_score`).
 
 Needs OpenCV: ``pip install "vgpa[video]"`` (opencv-python-headless), imported on first use.

@@ -1,7 +1,7 @@
 """The Geometry record (per-frame depth, confidence and cameras of one video), adapters from the
-outputs of VGGT and Depth Anything 3, and geometry providers (DESIGN 1 step 2, 3.7).
+outputs of VGGT and Depth Anything 3, and geometry providers (docs/design.md 1 step 2, 3.7).
 
-Conventions (DESIGN 2): OpenCV cameras (x right, y down, z forward), world-to-camera
+Conventions (docs/design.md 2): OpenCV cameras (x right, y down, z forward), world-to-camera
 extrinsics X_cam = R X_world + t, z-depth, pixel centres at integer coordinates. No model
 package is imported here: the providers call a model the caller has loaded, and the
 ``from_pretrained`` helpers import the model's package when called.

@@ -10,7 +10,7 @@ from .ops.reprojection_error import mvcs
 
 
 # --------------------------------------------------------------------------------------------
-# 3DCS (point-cloud re-render consistency) and the motion filter (DESIGN 3.3)
+# 3DCS (point-cloud re-render consistency) and the motion filter (docs/design.md 3.3)
 
 
 def consistency_score(points, colors, intrinsics, extrinsics, frames, *, counts=None, masked=False,
@@ -83,7 +83,7 @@ def motion_score(extrinsics):
 
 
 # --------------------------------------------------------------------------------------------
-# Epipolar consistency (DESIGN 3.6)
+# Epipolar consistency (docs/design.md 3.6)
 
 
 @dataclass

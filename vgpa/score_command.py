@@ -1,5 +1,5 @@
 """`vgpa score`: from generated videos and their geometry to VideoGPA's scored groups file
-(meta_data.json), the file examples/train_dpo.py and vgpa.training read (DESIGN 3.7).
+(meta_data.json), the file examples/train_dpo.py and vgpa.training read (docs/design.md 3.7).
 
 The output holds every input group with every video entry as it was, plus its scores (or an
 ``error`` when it could not be scored), and under ``score_options`` the options that change

@@ -1,4 +1,4 @@
-"""Per-video geometric-consistency scores of many videos, batched (DESIGN 3.7).
+"""Per-video geometric-consistency scores of many videos, batched (docs/design.md 3.7).
 
 :func:`score_videos` takes one geometry record per video (depth, confidence, cameras, frames:
 what :class:`vgpa.geometry.Geometry` holds), stacks the videos that share frame count and

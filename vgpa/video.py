@@ -1,4 +1,4 @@
-"""Reading and writing videos with OpenCV, and VideoGPA's frame preparation (DESIGN 3.7).
+"""Reading and writing videos with OpenCV, and VideoGPA's frame preparation (docs/design.md 3.7).
 
 OpenCV is an optional dependency (``pip install "vgpa[video]"``), imported on first use.
 """

@@ -1,4 +1,4 @@
-"""Fused paired Diffusion-DPO loss (DESIGN 3.4).
+"""Fused paired Diffusion-DPO loss (docs/design.md 3.4).
 
 The heavy part, per-(sample, segment) weighted squared errors of the policy and the reference
 against the target, runs in one pass over the three tensors on the chosen backend (over two,

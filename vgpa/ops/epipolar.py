@@ -1,8 +1,8 @@
-"""Epipolar kernels (DESIGN 3.6): the Sampson distance of every match of every frame pair, and
-the RANSAC inlier count of every hypothesis of every pair, each in one launch.
+"""Epipolar kernels (docs/design.md 3.6): the Sampson distance of every match of every frame pair,
+and the RANSAC inlier count of every hypothesis of every pair, each in one launch.
 
 Matches (the ``x1``, ``x2`` and ``counts`` arguments), per frame pair p with fundamental matrix
-F_p (x2^T F_p x1 = 0, pixel coordinates (u, v) as in DESIGN 2):
+F_p (x2^T F_p x1 = 0, pixel coordinates (u, v) as in docs/design.md 2):
 - packed: x1, x2 (M_total, 2) and ``counts`` (P,) (required): pair p owns the counts[p] rows
   after those of the pairs before it. Nothing is padded to the largest pair.
 - padded: x1, x2 (P, M, 2); with ``counts`` (P,) only the first counts[p] rows of pair p are
@@ -272,7 +272,7 @@ def _flat_matches(op, fundamental, x1, x2, counts):
 
 def sampson_distance(F: Tensor, x1: Tensor, x2: Tensor, *, counts: Counts = None, squared: bool = False,
                      backend: str = "auto") -> Tensor:
-    """Sampson distance of every match of every frame pair, in pixels (DESIGN 3.6).
+    """Sampson distance of every match of every frame pair, in pixels (docs/design.md 3.6).
 
     F: (P, 3, 3) float32 or float64, mapping frame-1 points to frame-2 epipolar lines
     (x2^T F x1 = 0). x1, x2: the matches' pixel coordinates (u, v) in frame 1 and frame 2, of

@@ -1,5 +1,5 @@
 """Batched fundamental matrices from matches: the normalised 8-point algorithm and RANSAC
-(DESIGN 3.6).
+(docs/design.md 3.6).
 
 Every pair of every video is solved at once: the matches are laid out as one padded batch
 (P, M, 2) with a mask (one deterministic copy from a packed layout), the 9x9 normal matrices

@@ -1,4 +1,4 @@
-"""Fused surface normals from depth and normal stability between frames (DESIGN 3.2).
+"""Fused surface normals from depth and normal stability between frames (docs/design.md 3.2).
 
 depth_to_normals: one pass over the depth writes the camera-frame normal of every pixel.
 normal_stability: one launch scores every pair of every video; each program recomputes the
@@ -289,7 +289,7 @@ _stability_op.register_autograd(_stability_backward, setup_context=_stability_se
 
 
 def depth_to_normals(depth: Tensor, intrinsics: Tensor, backend: str = "auto") -> DepthToNormalsResult:
-    """Camera-frame surface normals from z-depth by central differences (DESIGN 3.2).
+    """Camera-frame surface normals from z-depth by central differences (docs/design.md 3.2).
 
     depth: (..., H, W) (float32, float16, bfloat16 or float64; any strides); a depth is valid
     iff finite and > 0. intrinsics: (..., 3, 3), broadcastable to depth's leading shape (e.g.
@@ -334,7 +334,7 @@ def normal_stability(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Ten
                      pairs: Union[Tensor, Sequence[Sequence[int]], None] = None, *, warp: bool = True,
                      occlusion_tol: Optional[float] = None, return_map: bool = False,
                      backend: str = "auto") -> NormalStabilityResult:
-    """Surface-normal stability of every frame pair of every video (DESIGN 3.2).
+    """Surface-normal stability of every frame pair of every video (docs/design.md 3.2).
 
     depth: (B, T, H, W) z-depth (float32, float16, bfloat16 or float64; any strides).
     intrinsics: (B, T, 3, 3) or (B, 3, 3). extrinsics: world-to-camera (B, T, 4, 4) or

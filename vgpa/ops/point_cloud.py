@@ -1,5 +1,5 @@
-"""Coloured world point clouds from per-frame depth (DESIGN 3.3), in the layout the re-render
-ops take: one packed cloud for the whole batch plus per-video counts."""
+"""Coloured world point clouds from per-frame depth (docs/design.md 3.3), in the layout the
+re-render ops take: one packed cloud for the whole batch plus per-video counts."""
 
 from __future__ import annotations
 

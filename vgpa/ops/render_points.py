@@ -1,5 +1,5 @@
 """Point-cloud re-render with an exact, deterministic z-buffer, and the fused render-vs-frame
-consistency behind VideoGPA's 3DCS (DESIGN 3.3).
+consistency behind VideoGPA's 3DCS (docs/design.md 3.3).
 
 Two passes on the chosen backend: a z-buffer pass offers every landed point's int64 key
 (float32 bits of its depth << 32 | its index) to its pixel with an integer atomic minimum, so

@@ -1,4 +1,4 @@
-"""Fused depth-warp reprojection error (DESIGN 3.1), MVCS and depth unprojection.
+"""Fused depth-warp reprojection error (docs/design.md 3.1), MVCS and depth unprojection.
 
 One launch scores every pair of every video: each source pixel is unprojected, moved into
 the target camera, projected, and compared with the bilinear sample of the target depth (or
@@ -252,7 +252,7 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor,
                        pairs: Union[Tensor, Sequence[Sequence[int]], None] = None, *, image: Optional[Tensor] = None,
                        error: Optional[str] = None, validity: str = "strict", occlusion_tol: Optional[float] = None,
                        return_map: bool = False, backend: str = "auto") -> ReprojectionErrorResult:
-    """Depth-warp reprojection error of every frame pair of every video (DESIGN 3.1).
+    """Depth-warp reprojection error of every frame pair of every video (docs/design.md 3.1).
 
     depth: (B, T, H, W) z-depth (float32, float16, bfloat16 or float64; any strides); a depth
     is valid iff finite and > 0, invalid pixels are excluded. intrinsics: (B, T, 3, 3) or
@@ -326,7 +326,7 @@ def _reprojection_error_checked(op, depth, intrinsics, extrinsics, pairs, image,
 
 
 def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str = "auto") -> Tensor:
-    """VideoGPA's Multi-View Consistency Score (DESIGN 3.1), higher is better, in (0, 1].
+    """VideoGPA's Multi-View Consistency Score (docs/design.md 3.1), higher is better, in (0, 1].
 
     Consecutive pairs (t, t+1), squared depth error, "zeros" validity, no occlusion test:
     MVCS = exp(-mean over the pairs that have >= 1 valid pixel of the pair's mean error).

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the paired Diffusion-DPO loss (DESIGN 3.4): the oracle for tests.
+"""Pure-PyTorch reference of the paired Diffusion-DPO loss (docs/design.md 3.4): the tests' oracle.
 
 Layout: model_pred, ref_pred and target are (2B, ...) with the B winners first, then the B
 losers. For every sample s and temporal segment k

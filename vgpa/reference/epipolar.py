@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the epipolar kernels (DESIGN 3.6): the oracle for every backend.
+"""Pure-PyTorch reference of the epipolar kernels (docs/design.md 3.6): every backend's oracle.
 
 Matches are flat: ``x1`` and ``x2`` (N, 2) pixel coordinates (u, v) and per frame pair
 ``offsets`` (P,) and ``counts`` (P,) int64; pair p owns rows ``offsets[p] : offsets[p] +

@@ -1,4 +1,4 @@
-"""Fundamental-matrix estimation, stated plainly (DESIGN 3.6).
+"""Fundamental-matrix estimation, stated plainly (docs/design.md 3.6).
 
 Everything here works on padded batches: points (..., M, 2) with weights (..., M) that are 0 on
 padding (and on dropped matches), so one call solves every pair of every video, and every

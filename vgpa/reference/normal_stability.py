@@ -1,5 +1,5 @@
-"""Pure-PyTorch reference of surface normals from depth and of normal stability (DESIGN 3.2):
-the oracle for tests.
+"""Pure-PyTorch reference of surface normals from depth and of normal stability
+(docs/design.md 3.2): the oracle for tests.
 
 Normals. Unproject every pixel, X(u, v) = z K^-1 [u, v, 1]. With central differences
 d_u = X(u+1, v) - X(u-1, v) and d_v = X(u, v+1) - X(u, v-1), c = d_u x d_v and
@@ -11,8 +11,8 @@ A pixel has a normal iff it and its four neighbours lie inside the image with va
 never has a normal, and neither does any pixel next to an invalid depth.
 
 Stability. For a pair (i, j) and a source pixel p with a normal, p is warped into frame j as in
-DESIGN 3.1 with "strict" validity (z' > 0, (u', v') inside [0, W-1] x [0, H-1], every bilinear
-tap with a non-zero weight a valid depth; optionally not occluded: z' <= (1 + tol) d), then
+docs/design.md 3.1 with "strict" validity (z' > 0, (u', v') inside [0, W-1] x [0, H-1], every
+bilinear tap with a non-zero weight a valid depth; optionally not occluded: z' <= (1 + tol) d), then
 q = (round-half-even(u'), round-half-even(v')) and
 
     e(p) = 1 - clamp(<R_ji n_i(p), n_j(q)>, -1, 1)
@@ -66,7 +66,7 @@ def depth_to_normals(depth: Tensor, intrinsics_inverse: Tensor) -> tuple[Tensor,
 
 def _strict_warp(source_depth: Tensor, target_depth: Tensor, matrix: Tensor, source_ok: Tensor,
                  occlusion_tol: float | None):
-    """DESIGN 3.1 "strict" warp of every source pixel: (u', v') and its validity.
+    """docs/design.md 3.1 "strict" warp of every source pixel: (u', v') and its validity.
 
     source_depth, target_depth, source_ok: (B, P, H, W); matrix: (B, P, 3, 4) pair matrices
     (geometry.pair_projection) in the accumulation dtype. No gradient: q is discrete."""

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the point-cloud re-render and its consistency (DESIGN 3.3): the
+"""Pure-PyTorch reference of the point-cloud re-render and its consistency (docs/design.md 3.3): the
 oracle for every backend.
 
 Point clouds are flat: ``points`` (M, 3), ``colors`` (M, C) and per video ``offsets`` (B,) and

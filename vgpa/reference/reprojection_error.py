@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of the depth-warp reprojection error (DESIGN 3.1): the oracle for tests.
+"""Pure-PyTorch reference of the depth-warp reprojection error (docs/design.md 3.1): the
+oracle for tests.
 
 For a pair (i, j) and a source pixel p = (u, v) of frame i with depth z:
 
@@ -140,8 +141,8 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, pa
 
 
 def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
-    """VideoGPA's Multi-View Consistency Score (DESIGN 3.1): consecutive pairs, squared depth
-    error, "zeros" validity, no occlusion test; exp(-mean over the pairs that have a valid
+    """VideoGPA's Multi-View Consistency Score (docs/design.md 3.1): consecutive pairs, squared
+    depth error, "zeros" validity, no occlusion test; exp(-mean over the pairs that have a valid
     pixel of the pair's mean error). depth (B, T, H, W) -> (B,); NaN for a video without any
     valid pair."""
     pairs = adjacent_pairs(depth.shape[1]).to(depth.device)

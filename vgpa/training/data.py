@@ -33,7 +33,7 @@ LATENTS_KEYS = ("latents",)
 PROMPT_EMBEDS_KEYS = ("prompt_embeds", "encoder_hidden_states")
 IMAGE_LATENTS_KEYS = ("image_latents",)
 
-# VideoGPA's pair selection (DESIGN 1, step 4).
+# VideoGPA's pair selection (docs/design.md 1 step 4).
 SCORE_KEY = "consistency_score"  # lower is better
 MOTION_KEY = "motion_norm"
 MIN_MOTION = 1e-3

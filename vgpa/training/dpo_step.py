@@ -1,4 +1,4 @@
-"""One Diffusion-DPO step for diffusers video transformers (DESIGN 3.5).
+"""One Diffusion-DPO step for diffusers video transformers (docs/design.md 3.5).
 
 Latents are always given as the VAE writes them, (B, C, F, H, W); the step moves them into
 the layout of the model family (CogVideoX takes (B, F, C, H, W), Wan keeps (B, C, F, H, W)).
@@ -28,7 +28,7 @@ PREDICTION_TYPES = ("v_prediction", "epsilon", "flow_matching")
 # Prediction types that noise through a DDPM-style diffusers scheduler (add_noise, get_velocity).
 SCHEDULER_PREDICTION_TYPES = ("v_prediction", "epsilon")
 
-# Wan flow matching: training timesteps t in [0, 1000), s = t / 1000, shifted sigma (DESIGN 3.5).
+# Wan flow matching (docs/design.md 3.5): timesteps t in [0, 1000), s = t / 1000, shifted sigma.
 FLOW_NUM_TIMESTEPS = 1000
 WAN_FLOW_SHIFT = 5.0
 # CogVideoX1.5-I2V conditions on an "ofs" embedding; its diffusers pipeline always passes 2.0.

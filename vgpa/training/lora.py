@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model_state_dict, set_peft_mode
 
 from .dpo_step import model_family
 
-# DESIGN 1, step 5.
+# docs/design.md 1 step 5.
 LORA_RANK = 64
 LORA_ALPHA = 128
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")

@@ -1,4 +1,4 @@
-"""The CUDA kernels' compiled code, proven without a GPU (DESIGN 5).
+"""The CUDA kernels' compiled code, proven without a GPU (docs/design.md 5).
 
 Every kernel source csrc/*.cu is compiled by nvcc for the table's architectures (RESOURCE_TABLE_CUDA_ARCHS),
 with exactly the flags the wheel is built with (vgpa/_build_config.py). One device-only nvcc run

@@ -1,4 +1,4 @@
-"""The Triton kernels compiled for real GPUs on a machine without one (DESIGN 5).
+"""The Triton kernels compiled for real GPUs on a machine without one (docs/design.md 5).
 
 1. Variants. The ops are called over their option space on small CPU tensors, twice (frames
    below and above the pixel chunk sizes), with every Triton launch recorded instead of run
