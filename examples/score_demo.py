@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import vgpa
+from vgpa import _extras
 
 RIGID, WOBBLY = "rigid", "wobbly"
 
@@ -150,11 +151,10 @@ def make_group(seed: int, videos_per_kind: int = 2, frames: int = 8, size: int =
 # The dataset on disk
 
 
-def write_dataset(root: Path, groups: int, seed: int, frames: int = 8, size: int = 64) -> Path:
-    """Videos (mp4), geometry files, random latents and conditioning files of ``groups`` prompt
-    groups under ``root``, and the groups file `vgpa score` reads. Returns its path."""
-    from safetensors.torch import save_file
-
+def write_dataset(root: Path, groups: int, seed: int, frames: int = 8, size: int = 64, latents: bool = True) -> Path:
+    """Videos (mp4), geometry files, conditioning files and (with ``latents``) random latents of
+    ``groups`` prompt groups under ``root``, and the groups file `vgpa score` reads. Returns its
+    path."""
     from vgpa.geometry import Geometry
     from vgpa.video import write_video
 
@@ -173,11 +173,15 @@ def write_dataset(root: Path, groups: int, seed: int, frames: int = 8, size: int
             covered = depth > 0
             Geometry(depth=depth, confidence=covered.float(), intrinsics=intrinsics,
                      extrinsics=extrinsics).save(root / "geometry" / f"{name}.npz")
-            latent = f"latents/{name}.safetensors"
-            (root / latent).parent.mkdir(parents=True, exist_ok=True)
-            save_file({"latents": torch.randn(4, 4, 8, 8, generator=generator)}, str(root / latent))
-            videos.append({"video_path": f"videos/{name}.mp4", "kind": kind, "latent_path": latent,
-                           "condition_path": condition})
+            video = {"video_path": f"videos/{name}.mp4", "kind": kind, "condition_path": condition}
+            latent = torch.randn(4, 4, 8, 8, generator=generator)  # drawn either way: the same videos
+            if latents:
+                from safetensors.torch import save_file
+
+                video["latent_path"] = f"latents/{name}.safetensors"
+                (root / video["latent_path"]).parent.mkdir(parents=True, exist_ok=True)
+                save_file({"latents": latent}, str(root / video["latent_path"]))
+            videos.append(video)
         listing.append({"group_id": f"scene{g}", "prompt": f"a camera moving through textured room {g}",
                         "videos": videos})
     groups_file = root / "groups.json"
@@ -188,7 +192,7 @@ def write_dataset(root: Path, groups: int, seed: int, frames: int = 8, size: int
 def print_table(meta: dict, min_gap: float) -> bool:
     """Prints each video's scores and its role in its group's pair; returns whether a rigid
     video won and a wobbly one lost in every group."""
-    from vgpa.training import select_videogpa_pair
+    from vgpa.pairs import select_videogpa_pair
 
     columns = {"consistency_score": "3DCS", "mvcs": "MVCS", "normal_stability": "normals", "reprojection_abs_rel":
                "reproj", "motion_norm": "motion"}
@@ -215,11 +219,15 @@ def main(argv=None) -> int:
                         help="pair threshold; the synthetic scenes' 3DCS gaps are smaller than VideoGPA's 0.05")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # The videos need OpenCV; the DPO steps (and the latents they read) the train extra.
+    _extras.require("video", "examples/score_demo.py")
+    if args.steps > 0:
+        _extras.require("train", "examples/score_demo.py --steps N (--steps 0 only scores)")
 
     from vgpa.cli import main as vgpa_main
 
     data = args.out / "data"
-    groups_file = write_dataset(data, args.groups, args.seed, args.frames, args.size)
+    groups_file = write_dataset(data, args.groups, args.seed, args.frames, args.size, latents=args.steps > 0)
     meta_path = data / "meta_data.json"
     command = ["score", str(groups_file), "--geometry", str(data / "geometry"), "--out", str(meta_path),
                "--num-frames", str(args.frames), "--size", str(args.size), "--min-gap", str(args.min_gap)]

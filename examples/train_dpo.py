@@ -25,22 +25,27 @@ import random
 import shutil
 from pathlib import Path
 
-import diffusers
 import torch
-from accelerate import Accelerator
-from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers import AutoModel, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, WanTransformer3DModel
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 import vgpa.training as vt
+from vgpa import _extras, pairs
 from vgpa.reference.diffusion_dpo_loss import LOSS_TYPES, REFERENCE_FREE_LOSS_TYPES
+from vgpa.training import recipe
 
-logger = get_logger(__name__, log_level="INFO")
+# --help works without the train extra; a run checks for it first (main).
+if not _extras.missing("train"):
+    import diffusers
+    from accelerate import Accelerator
+    from accelerate.logging import get_logger
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers import AutoModel, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, WanTransformer3DModel
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    logger = get_logger(__name__, log_level="INFO")
 
 # Flags whose default depends on the mode: (real run, --tiny run). The real-run values are
 # VideoGPA's (docs/design.md 1); the tiny ones make a randomly initialised toy model move in
@@ -83,11 +88,11 @@ def parse_args(argv=None):
     data = parser.add_argument_group("data")
     data.add_argument("--pairs", help="VideoGPA meta_data.json or vgpa .jsonl pairs file (--tiny writes its own)")
     data.add_argument("--data-root", help="folder the paths in --pairs are relative to (default: its folder)")
-    data.add_argument("--score-key", default=vt.data.SCORE_KEY, help="meta_data.json: score, lower is better")
-    data.add_argument("--motion-key", default=vt.data.MOTION_KEY, help="meta_data.json: motion magnitude")
-    data.add_argument("--min-motion", type=float, default=vt.data.MIN_MOTION,
+    data.add_argument("--score-key", default=pairs.SCORE_KEY, help="meta_data.json: score, lower is better")
+    data.add_argument("--motion-key", default=pairs.MOTION_KEY, help="meta_data.json: motion magnitude")
+    data.add_argument("--min-motion", type=float, default=pairs.MIN_MOTION,
                       help="meta_data.json: drop videos with less motion")
-    data.add_argument("--min-gap", type=float, default=vt.data.MIN_GAP,
+    data.add_argument("--min-gap", type=float, default=pairs.MIN_GAP,
                       help="meta_data.json: keep a group's pair when loser - winner score >= this")
     data.add_argument("--dataloader-num-workers", type=int, default=0, help="data-loading processes")
 
@@ -103,7 +108,7 @@ def parse_args(argv=None):
                      help="adds this times the mean winner error (an SFT anchor)")
     dpo.add_argument("--prediction-type", choices=vt.PREDICTION_TYPES,
                      help="default: the scheduler's for CogVideoX, flow_matching for Wan")
-    dpo.add_argument("--flow-shift", type=float, default=vt.dpo_step.WAN_FLOW_SHIFT, help="flow matching shift")
+    dpo.add_argument("--flow-shift", type=float, default=recipe.WAN_FLOW_SHIFT, help="flow matching shift")
     dpo.add_argument("--backend", default="auto", help="vgpa backend of the fused loss")
 
     lora = parser.add_argument_group("LoRA")
@@ -256,6 +261,7 @@ def lora_digest(model) -> str:
 
 
 def main(args):
+    _extras.require("train", "examples/train_dpo.py")
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,

@@ -587,7 +587,7 @@ def test_unknown_prediction_type_and_other_misuse_raise():
 # The example script
 
 
-def _run_script(*args, timeout=120):
+def _run_script(*args, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
@@ -703,7 +703,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch_two_processes(*args, timeout=150):
+def _launch_two_processes(*args, timeout=600):
     """`accelerate launch --num_processes 2` on the CPU: torch.distributed with gloo."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

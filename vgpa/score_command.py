@@ -36,6 +36,7 @@ import torch
 
 from . import _backend, scoring
 from .geometry import POINT_SOURCES
+from .pairs import MIN_GAP, MIN_MOTION, MOTION_KEY, SCORE_KEY, select_videogpa_pair
 from .reference.render_points import CONF_TIES
 
 PROVIDERS = {
@@ -51,7 +52,7 @@ REQUIRED_METRICS = ("3dcs", "motion")  # what the trainer ranks by and filters b
 EXIT_FAILED = 1  # every video failed, or the output could not be written during the run
 EXIT_USAGE = 2  # nothing was scored: an argument, the input file or the output is unusable
 # The keys the pair selection reads: a video with one of them undefined is not ranked.
-PAIRING_KEYS = (scoring.SCORE_KEY, scoring.MOTION_KEY)
+PAIRING_KEYS = (SCORE_KEY, MOTION_KEY)
 
 
 class CommandError(Exception):
@@ -229,7 +230,7 @@ def groups_of(path: Path, content) -> list:
 
 
 def _is_scored(video: dict) -> bool:
-    score = video.get(scoring.SCORE_KEY)
+    score = video.get(SCORE_KEY)
     return ERROR_KEY not in video and isinstance(score, (int, float)) and not isinstance(score, bool) \
         and math.isfinite(score)
 
@@ -659,9 +660,9 @@ def build_parser(prog: str = "vgpa score") -> argparse.ArgumentParser:
     parser.add_argument("--metrics", default=",".join(scoring.DEFAULT_METRICS),
                         help=f"comma-separated, from {', '.join(list(scoring.METRICS) + [scoring.LPIPS])}; "
                              f"must include {' and '.join(REQUIRED_METRICS)}")
-    parser.add_argument("--min-gap", type=float, default=0.05,
+    parser.add_argument("--min-gap", type=float, default=MIN_GAP,
                         help="the summary counts the groups whose pair has loser - winner >= this")
-    parser.add_argument("--min-motion", type=float, default=0.001,
+    parser.add_argument("--min-motion", type=float, default=MIN_MOTION,
                         help="the summary's pairs leave out videos with less motion")
     parser.add_argument("--batch-size", type=int, help="at most this many videos per stacked op call (default: all)")
     parser.add_argument("--device", help="default: the GPU when there is one (cuda:LOCAL_RANK), else the CPU")
@@ -723,14 +724,9 @@ def summarize(groups: list, counts: Counts, min_gap: float, min_motion: float) -
         lines.append(f"  failed: group {group_id!r} {video_path}: {error}")
     if len(counts.failures) > 10:
         lines.append(f"  ... and {len(counts.failures) - 10} more (see the 'error' fields)")
-    try:
-        from .training.data import select_videogpa_pair
-    except ImportError as exc:
-        lines.append(f"pairs: not counted ({exc})")
-    else:
-        kept = sum(select_videogpa_pair(group["videos"], min_gap=min_gap, min_motion=min_motion) is not None
-                   for group in groups)
-        lines.append(f"pairs kept at min_gap {min_gap:g} (motion >= {min_motion:g}): {kept} of {len(groups)} groups")
+    kept = sum(select_videogpa_pair(group["videos"], min_gap=min_gap, min_motion=min_motion) is not None
+               for group in groups)
+    lines.append(f"pairs kept at min_gap {min_gap:g} (motion >= {min_motion:g}): {kept} of {len(groups)} groups")
     return "\n".join(lines)
 
 

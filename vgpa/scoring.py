@@ -22,12 +22,11 @@ from .geometry import POINT_SOURCES
 from .ops.normal_stability import normal_stability
 from .ops.point_cloud import point_cloud, point_map_cloud
 from .ops.reprojection_error import reprojection_error
+from .pairs import MOTION_KEY, SCORE_KEY
 from .reference import geometry as _cameras
 from .reference.render_points import CONF_TIES
 
 OP = "score_videos"
-SCORE_KEY = "consistency_score"  # what the trainer ranks by: 3DCS, lower is better
-MOTION_KEY = "motion_norm"  # what the trainer filters static videos by
 
 
 @dataclass

@@ -1,55 +1,54 @@
 """Diffusion-DPO training for diffusers video transformers (CogVideoX, Wan) with the fused loss.
 
-Needs the ``train`` extras (diffusers, peft, accelerate, safetensors); import it explicitly,
-``import vgpa.training``. See examples/train_dpo.py for a complete training script.
+Needs the ``train`` extras (diffusers, peft, accelerate, safetensors, transformers); import it
+explicitly, ``import vgpa.training``. Without them only the recipe's numbers
+(:mod:`vgpa.training.recipe`) and the pair selection (:func:`vgpa.pairs.select_videogpa_pair`)
+are here, and any other name raises an ImportError saying what to install. See
+examples/train_dpo.py for a complete training script.
 """
 
-try:
-    import accelerate  # noqa: F401
-    import diffusers  # noqa: F401
-    import peft  # noqa: F401
-    import safetensors  # noqa: F401
-except ImportError as exc:
-    raise ImportError(f"vgpa.training needs diffusers, peft, accelerate and safetensors ({exc}); "
-                      "install them with `pip install vgpa[train]`") from exc
+from .. import _extras
+from ..pairs import select_videogpa_pair
+from .recipe import BETA_SCHEDULES, LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES, PREDICTION_TYPES
 
-from .data import (
-    PreferencePair,
-    PreferencePairDataset,
-    UnusableVideoWarning,
-    collate_preference_pairs,
-    load_jsonl_pairs,
-    load_preference_pairs,
-    load_tensor_file,
-    load_videogpa_pairs,
-    select_videogpa_pair,
-)
-from .dpo_step import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
-    NoisedPair,
-    PairPredictions,
-    PreferenceBatch,
-    add_noise_pair,
-    diffusion_dpo_step,
-    encode_image,
-    encode_video,
-    lora_disabled,
-    model_family,
-    predict_pair,
-    resolve_prediction_type,
-    sample_timesteps,
-    scheduled_beta,
-    signal_scale,
-)
-from .lora import (
-    LORA_ALPHA,
-    LORA_RANK,
-    LORA_TARGET_MODULES,
-    add_lora_adapter,
-    load_lora_checkpoint,
-    save_lora_checkpoint,
-)
+_MISSING = _extras.missing_message("train", "vgpa.training")
+if _MISSING is not None:
+    def __getattr__(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(f"vgpa.training.{name}: {_MISSING}")
+else:
+    from .data import (
+        PreferencePair,
+        PreferencePairDataset,
+        UnusableVideoWarning,
+        collate_preference_pairs,
+        load_jsonl_pairs,
+        load_preference_pairs,
+        load_tensor_file,
+        load_videogpa_pairs,
+    )
+    from .dpo_step import (
+        NoisedPair,
+        PairPredictions,
+        PreferenceBatch,
+        add_noise_pair,
+        diffusion_dpo_step,
+        encode_image,
+        encode_video,
+        lora_disabled,
+        model_family,
+        predict_pair,
+        resolve_prediction_type,
+        sample_timesteps,
+        scheduled_beta,
+        signal_scale,
+    )
+    from .lora import (
+        add_lora_adapter,
+        load_lora_checkpoint,
+        save_lora_checkpoint,
+    )
 
 __all__ = [
     "BETA_SCHEDULES",

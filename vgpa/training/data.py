@@ -26,18 +26,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..pairs import MIN_GAP, MIN_MOTION, MOTION_KEY, SCORE_KEY, select_videogpa_pair, unusable_video
 from .dpo_step import PreferenceBatch
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".safetensors")
 LATENTS_KEYS = ("latents",)
 PROMPT_EMBEDS_KEYS = ("prompt_embeds", "encoder_hidden_states")
 IMAGE_LATENTS_KEYS = ("image_latents",)
-
-# VideoGPA's pair selection (docs/design.md 1 step 4).
-SCORE_KEY = "consistency_score"  # lower is better
-MOTION_KEY = "motion_norm"
-MIN_MOTION = 1e-3
-MIN_GAP = 0.05
 
 PathLike = Union[str, Path]
 
@@ -103,53 +98,6 @@ def _resolve(root: Path, name, where: str, what: str) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # VideoGPA meta_data.json
-
-
-def _number(value) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def unusable_video(video, score_key: str = SCORE_KEY, motion_key: str = MOTION_KEY) -> Optional[str]:
-    """Why a group's video entry cannot be ranked although it is there, or None.
-
-    A video without the score or motion (absent or null) is simply not ranked; one that carries
-    them as something other than a finite number (a string, NaN, inf, a bool) is unusable, and so
-    is an entry that is not an object. The loaders report unusable videos (see
-    :func:`load_videogpa_pairs`) instead of dropping them silently."""
-    if not isinstance(video, dict):
-        return f"is a {type(video).__name__}, not an object"
-    bad = [f"{key}={video[key]!r}" for key in (score_key, motion_key)
-           if video.get(key) is not None and _number(video[key]) is None]
-    return f"has {' and '.join(bad)}, not a finite number" if bad else None
-
-
-def select_videogpa_pair(videos: list, *, score_key: str = SCORE_KEY, motion_key: str = MOTION_KEY,
-                         min_motion: float = MIN_MOTION, min_gap: float = MIN_GAP,
-                         strict: bool = False) -> Optional[tuple[dict, dict]]:
-    """VideoGPA's pair from one prompt group, or None.
-
-    Videos without a finite score or motion, or with motion < ``min_motion``, are dropped;
-    the winner has the lowest score, the loser the highest; the pair is kept when the gap
-    (loser - winner) is >= ``min_gap``. Ties go to the earlier video. With ``strict``, a video
-    whose score or motion is there but not a finite number (:func:`unusable_video`) raises
-    ValueError instead of being dropped.
-    """
-    if strict:
-        for index, video in enumerate(videos):
-            reason = unusable_video(video, score_key, motion_key)
-            if reason is not None:
-                raise ValueError(f"video {index} {reason}")
-    eligible = [v for v in videos if isinstance(v, dict) and _number(v.get(score_key)) is not None
-                and _number(v.get(motion_key)) is not None and v[motion_key] >= min_motion]
-    if len(eligible) < 2:
-        return None
-    scores = [float(v[score_key]) for v in eligible]
-    best, worst = scores.index(min(scores)), scores.index(max(scores))
-    if best == worst or scores[worst] - scores[best] < min_gap:
-        return None
-    return eligible[best], eligible[worst]
 
 
 def load_videogpa_pairs(path: PathLike, *, data_root: Optional[PathLike] = None, score_key: str = SCORE_KEY,

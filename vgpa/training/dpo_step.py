@@ -23,16 +23,9 @@ from torch import Tensor
 
 from ..ops.diffusion_dpo_loss import DiffusionDPOLossResult, diffusion_dpo_loss
 from ..reference.diffusion_dpo_loss import REFERENCE_FREE_LOSS_TYPES
+from .recipe import (BETA_SCHEDULES, COGVIDEOX_OFS, FLOW_NUM_TIMESTEPS, PREDICTION_TYPES, SCHEDULER_PREDICTION_TYPES,
+                     WAN_FLOW_SHIFT)
 
-PREDICTION_TYPES = ("v_prediction", "epsilon", "flow_matching")
-# Prediction types that noise through a DDPM-style diffusers scheduler (add_noise, get_velocity).
-SCHEDULER_PREDICTION_TYPES = ("v_prediction", "epsilon")
-
-# Wan flow matching (docs/design.md 3.5): timesteps t in [0, 1000), s = t / 1000, shifted sigma.
-FLOW_NUM_TIMESTEPS = 1000
-WAN_FLOW_SHIFT = 5.0
-# CogVideoX1.5-I2V conditions on an "ofs" embedding; its diffusers pipeline always passes 2.0.
-COGVIDEOX_OFS = 2.0
 
 
 @dataclass
@@ -268,8 +261,6 @@ def add_noise_pair(winner_latents: Tensor, loser_latents: Tensor, *, prediction_
 # --------------------------------------------------------------------------------------------
 # Timesteps and per-pair beta schedules
 
-# beta_b per pair from its timestep t_b; alpha_t is the signal scale of x_t = alpha_t x0 + sigma_t noise.
-BETA_SCHEDULES = ("constant", "signal")
 
 
 def _num_train_timesteps(prediction_type: str, scheduler) -> int:

@@ -20,11 +20,8 @@ from diffusers import CogVideoXPipeline, WanPipeline
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from .dpo_step import model_family
+from .recipe import LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES
 
-# docs/design.md 1 step 5.
-LORA_RANK = 64
-LORA_ALPHA = 128
-LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 PEFT_WEIGHT_NAME = "adapter_model.safetensors"
