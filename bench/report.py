@@ -221,7 +221,8 @@ def speedup_figure(op: str, rows: list[dict]):
         ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(plain)
         low, high = ax.get_ylim()
-        ax.yaxis.set_minor_formatter(plain if high < 10 * low else ticker.NullFormatter())
+        ax.set_ylim(low, high * 1.3)  # room for the value above the tallest bar
+        ax.yaxis.set_minor_formatter(plain if high * 1.3 < 10 * low else ticker.NullFormatter())
         ax.set_ylabel(f"speedup vs\n{peer}")
         ax.grid(axis="y", which="both", alpha=0.3)
     bottom = axes[-1, 0]

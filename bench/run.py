@@ -67,7 +67,10 @@ def parse_args(argv=None):
                         help="pytest's own output (a line per case, pytest-benchmark's tables, warnings) in place "
                              "of the progress lines")
     parser.add_argument("--from-json", metavar="FILE",
-                        help="no run: report a pytest-benchmark JSON (pytest bench/ --benchmark-json=FILE)")
+                        help="no run: report a pytest-benchmark JSON (vgpa bench -- --benchmark-json=FILE)")
+    parser.add_argument("--replot", metavar="DIR",
+                        help="no run: draw the plots of a results folder again from its <op>.json files (e.g. "
+                             "bench/results/cpu-2-threads after a change of the plots); the numbers stay as they are")
     args, pytest_args = parser.parse_known_args(argv)
     if pytest_args and pytest_args[0] == "--":
         pytest_args = pytest_args[1:]
@@ -201,6 +204,38 @@ def sweep_note(args, device: torch.device) -> str | None:
             f"`{command}` runs all {full} cases{duration}.")
 
 
+def rows_of_results(op: str, rows: list[dict]) -> list[dict]:
+    """The rows of a results folder's <op>.json as the plots take them: what the files leave out
+    (the size axis's name, the bytes moved, the peers each implementation is compared with) is
+    restored from the op's entry and the rows' own columns."""
+    entry = importlib.import_module(f"{__package__}.bench_{op}").ENTRY
+    names = {impl.name: impl for impl in entry.impls}
+    out = []
+    for row in rows:
+        row = dict(row, _x_label=entry.x_label, _baseline=entry.baseline)
+        impl = names.get(row["impl"].removesuffix(" [graph]"))
+        row["_versus"] = list(impl.versus) if impl is not None and impl.versus is not None else None
+        if row.get("GB/s") is not None:
+            row["_bytes"] = row["GB/s"] * 1e9 * row["median_ms"] / 1e3
+        out.append(row)
+    return out
+
+
+def replot(folder: str) -> int:
+    """Draws the plots of every <op>.json in folder again."""
+    written = []
+    for op in OPS:
+        path = os.path.join(folder, f"{op}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                written += report.write_plots(op, rows_of_results(op, json.load(f)["rows"]), folder)
+    if not written:
+        print(f"vgpa bench: no <op>.json of {', '.join(OPS)} in {folder}", file=sys.stderr)
+        return 1
+    print("\n".join(["wrote"] + written))
+    return 0
+
+
 def write_report(data: dict, args, note: str | None = None) -> int:
     """Prints the tables and the headline of a pytest-benchmark JSON and writes the files; the
     device is the one the run recorded."""
@@ -287,6 +322,8 @@ def run_pytest(args, pytest_args: list[str], tmp: str, stream) -> tuple:
 def main(argv=None) -> int:
     args, pytest_args = parse_args(argv)
     args.started = datetime.now(timezone.utc)
+    if args.replot:
+        return replot(args.replot)
     if args.from_json:
         args.sweep = None  # unknown: the saved run's own
         with open(args.from_json) as f:

@@ -608,6 +608,26 @@ def test_default_output_is_outside_the_working_folder_and_new_per_run(tmp_path, 
         "bench", "bench/results", "bench/results/cpu-2-threads", "bench/results/cpu-2-threads/toy.csv"]
 
 
+def test_replot_draws_a_results_folder_again_from_its_json(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = saved_run(tmp_path)
+    data = json.loads(open(path).read())
+    data["benchmarks"] = [dict(b, extra_info=dict(b["extra_info"], op="epipolar")) for b in data["benchmarks"]]
+    data["benchmarks"] += [fake_benchmark("vgpa[cpu]", False, 0.004, size="1x8", x=400, op="epipolar"),
+                           fake_benchmark("loop", True, 0.040, size="1x8", x=400, op="epipolar")]
+    open(path, "w").write(json.dumps(data))
+    assert run.main(["--from-json", path, "--out", str(tmp_path), "--no-plots"]) == 0
+    folder = tmp_path / "cpu-2-threads"
+    assert sorted(os.listdir(folder)) == ["epipolar.csv", "epipolar.json"]
+    rows = run.rows_of_results("epipolar", json.load(open(folder / "epipolar.json"))["rows"])
+    assert {r["_x_label"] for r in rows} == {"matches in all pairs"}
+    assert {r["impl"]: r["_versus"] for r in rows} == {"loop": None, "vgpa[cpu]": ["kornia loop"]}
+    assert run.main(["--replot", str(folder)]) == 0
+    assert sorted(os.listdir(folder)) == ["epipolar.csv", "epipolar.json", "epipolar_scaling.png",
+                                          "epipolar_speedup.png"]
+    assert run.main(["--replot", str(tmp_path)]) == 1
+
+
 def test_no_save_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
