@@ -37,7 +37,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("filterwarnings", JIT_DEPRECATION_FILTER)
     if config.getoption("quick", False) and config.getoption("full", False):
-        raise pytest.UsageError("--quick and --full exclude each other")
+        raise pytest.UsageError("--quick (or VGPA_BENCH_QUICK=1) and --full exclude each other")
     threads = config.getoption("bench_threads", None)
     if threads is not None:
         if threads < 1:
