@@ -126,13 +126,15 @@ def compiled_impl(inputs):
 
 
 def sizes(device, quick):
-    """(videos, frames, height, width); x = points x frames projected."""
+    """(videos, frames, height, width); x = points x frames projected. The default: VideoGPA's 3DCS
+    setting, one video of 10 frames at 518 x 518."""
     if device.type == "cuda":
         dims = [(1, 10, 518, 518)] if quick else [
             (1, 10, 128, 128), (1, 10, 259, 259), (1, 10, 518, 518), (4, 10, 518, 518)]
     else:
         dims = [(1, 3, 32, 32)] if quick else [(1, 10, 64, 64), (1, 10, 128, 128), (1, 10, 259, 259), (1, 10, 518, 518)]
-    return [Size(d, x=d[0] * d[1] * d[2] * d[3] * d[1], graph=d[2] * d[3] <= 259 * 259) for d in dims]
+    return [Size(d, x=d[0] * d[1] * d[2] * d[3] * d[1], graph=d[2] * d[3] <= 259 * 259,
+                 default=not quick and d == (1, 10, 518, 518)) for d in dims]
 
 
 def reference(inputs):
@@ -165,7 +167,7 @@ def vgpa_impls(backend):
         Impl(f"vgpa[{backend}]", peer=False, backend=backend, capturable=True,
              what="the library itself (fused render + MSE)",
              make=lambda x, b=backend: lambda: vgpa.render_consistency(x[0], None, x[1], x[2], x[3], backend=b).mse),
-        Impl(f"vgpa[{backend}] render+mse", peer=False, backend=backend, capturable=True,
+        Impl(f"vgpa[{backend}] render+mse", peer=False, backend=backend, capturable=True, full_only=True,
              what="the library's render_points, then the MSE in torch",
              make=lambda x, b=backend: lambda: (vgpa.render_points(x[0], None, x[1], x[2], *height_width(x[3]),
                                                                    backend=b).image - x[3]).square().mean((2, 3, 4))),

@@ -77,14 +77,16 @@ compiled_reference = torch.compile(reference_error, dynamic=True)
 
 
 def sizes(device, quick):
-    """(videos, frames, height, width), W >= H; x = pixels warped (pairs x H x W)."""
+    """(videos, frames, height, width), W >= H; x = pixels warped (pairs x H x W). The default:
+    VideoGPA's MVCS setting, one video of 10 frames at 518 x 518 (VGGT's input size)."""
     if device.type == "cuda":
         dims = [(1, 10, 518, 518)] if quick else [
             (1, 10, 128, 128), (1, 10, 259, 259), (1, 10, 518, 518), (1, 49, 480, 720), (4, 49, 480, 720)]
     else:
         dims = [(1, 4, 64, 64)] if quick else [
             (1, 10, 64, 64), (1, 10, 128, 128), (1, 10, 259, 259), (1, 12, 240, 360), (1, 10, 518, 518)]
-    return [Size(d, x=d[0] * (d[1] - 1) * d[2] * d[3], graph=d[2] * d[3] <= 259 * 259) for d in dims]
+    return [Size(d, x=d[0] * (d[1] - 1) * d[2] * d[3], graph=d[2] * d[3] <= 259 * 259,
+                 default=not quick and d == (1, 10, 518, 518)) for d in dims]
 
 
 def make_inputs(dims, device):

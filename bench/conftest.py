@@ -1,4 +1,5 @@
-"""pytest set-up of the bench (collected by `pytest bench/` and by `vgpa bench`): the options,
+"""pytest set-up of the bench (collected by `vgpa bench`, or by pytest from a checkout with
+`python -m pytest vgpa/bench --benchmark-only -o consider_namespace_packages=true`): the options,
 the ``case`` parameters of each entry module (its ENTRY) and the ``bench`` fixture that runs one.
 """
 
@@ -14,22 +15,41 @@ from .harness import cases, run_case
 QUICK_ROUNDS = 3
 QUICK_MAX_TIME_S = 0.1
 
+# torch deprecates torch.jit.script_method, which kornia's modules use at import: the warning says
+# nothing about what the bench measures.
+JIT_DEPRECATION_FILTER = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("vgpa bench")
     group.addoption("--quick", action="store_true", default=os.environ.get("VGPA_BENCH_QUICK") == "1",
-                    help="small sizes only, no torch.compile peers on the CPU, at most 3 rounds and 0.1 s of timing "
-                         "per case (CI smoke run; or VGPA_BENCH_QUICK=1)")
+                    help="one small size per op, no torch.compile peers on the CPU, at most 3 rounds and 0.1 s of "
+                         "timing per case (CI smoke run; or VGPA_BENCH_QUICK=1)")
+    group.addoption("--full", action="store_true", default=False,
+                    help="every size and implementation of every op; without it (and without --quick) each op "
+                         "runs at its default size(s) against its peers")
+    group.addoption("--bench-compile", action="store_true", default=False,
+                    help="also time the torch.compile peers on the CPU in quick and default runs")
     group.addoption("--bench-device", default="auto", help="cuda, cpu or auto (cuda when available)")
     group.addoption("--bench-threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
 
 
 def pytest_configure(config):
+    config.addinivalue_line("filterwarnings", JIT_DEPRECATION_FILTER)
+    if config.getoption("quick", False) and config.getoption("full", False):
+        raise pytest.UsageError("--quick (or VGPA_BENCH_QUICK=1) and --full exclude each other")
     threads = config.getoption("bench_threads", None)
     if threads is not None:
         if threads < 1:
             raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+def bench_sweep(config) -> str:
+    """quick, default or full (harness.SWEEPS)."""
+    if config.getoption("quick"):
+        return "quick"
+    return "full" if config.getoption("full") else "default"
 
 
 def bench_device(config) -> torch.device:
@@ -46,7 +66,8 @@ def bench_device(config) -> torch.device:
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
         entry = metafunc.module.ENTRY
-        params = cases(entry, bench_device(metafunc.config), metafunc.config.getoption("quick"))
+        config = metafunc.config
+        params = cases(entry, bench_device(config), bench_sweep(config), config.getoption("bench_compile"))
         metafunc.parametrize("case", params, ids=[c.id for c in params])
 
 
@@ -63,5 +84,8 @@ def bench(benchmark, request):
 
     def run(entry, case):
         run_case(benchmark, entry, case, device, min_rounds, max_time)
+        if benchmark.stats is not None:  # for the progress line of `vgpa bench` (bench/progress.py)
+            stats = benchmark.stats.stats
+            request.node.user_properties += [("median_s", stats.median), ("rounds", stats.rounds)]
 
     return run

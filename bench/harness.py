@@ -28,6 +28,9 @@ class Size:
     dims: tuple
     x: float
     graph: bool = False  # on a GPU, also timed as a CUDA-graph replay (small sizes: launch-bound)
+    # in the default sweep (`vgpa bench` without --full): the entry's representative size, at
+    # VideoGPA's settings where the bench has them; the headline is read at these sizes
+    default: bool = False
 
     @property
     def label(self) -> str:
@@ -46,8 +49,13 @@ class Impl:
     what: str
     peer: bool = True
     backend: str | None = None  # vgpa backend; the case exists only where it can run
-    compiled: bool = False  # torch.compile: left out of quick CPU runs (compiling takes minutes)
+    compiled: bool = False  # torch.compile: left out of quick and default CPU runs (compiling takes minutes)
     capturable: bool = False  # can run inside a CUDA graph (no host sync, no CPU tensors)
+    # a variant the headline does not need (e.g. a fused call split in two): timed in --full only
+    full_only: bool = False
+    # the peers this implementation is compared with in the headline (its own task's, where an
+    # entry times several tasks); None: every peer
+    versus: tuple | None = None
     # replaces the entry's check for a peer that computes a close variant of the op (its
     # docstring says why and how close)
     agree: Callable[[Any, Any], None] | None = None
@@ -80,6 +88,11 @@ class Entry:
             raise ValueError(f"{self.op}: modes {unknown} are not among {MODES}")
         if "fwd+bwd" in self.modes and self.grad_input is None:
             raise ValueError(f"{self.op}: mode fwd+bwd needs grad_input (the leaf the backward differentiates)")
+        peers = {impl.name for impl in self.impls if impl.peer}
+        for impl in self.impls:
+            if impl.versus is not None and not set(impl.versus) <= peers:
+                raise ValueError(f"{self.op}: {impl.name} is compared with {sorted(set(impl.versus) - peers)}, "
+                                 f"which are not its peers")
 
     def impl(self, name: str) -> Impl:
         for impl in self.impls:
@@ -106,9 +119,12 @@ def backends_for(device: torch.device) -> tuple:
     return ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
 
 
-def runnable(impl: Impl, device: torch.device, quick: bool) -> bool:
-    if impl.compiled and quick and device.type != "cuda":
-        return False
+SWEEPS = ("quick", "default", "full")
+
+
+def runnable(impl: Impl, device: torch.device) -> bool:
+    """Whether the implementation can run on this device (a vgpa backend that is built and takes
+    this device's tensors; every peer can)."""
     if impl.backend is not None:
         from vgpa import _backend
 
@@ -116,13 +132,41 @@ def runnable(impl: Impl, device: torch.device, quick: bool) -> bool:
     return True
 
 
-def cases(entry: Entry, device: torch.device, quick: bool) -> list:
-    """Every (size, mode, implementation) to time, sizes outermost so that one size's inputs are
-    built once; on a GPU, forward cases of capturable implementations at graph sizes are also
-    timed as a CUDA-graph replay."""
-    impls = [impl for impl in entry.impls if runnable(impl, device, quick)]
+def sweep_sizes(entry: Entry, device: torch.device, sweep: str) -> list:
+    """The entry's sizes of a sweep: "quick" its one small size, "full" every size, "default" the
+    sizes of the full list marked ``default`` (so that a default run's rows are rows of a full run)."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep must be one of {SWEEPS}, got {sweep!r}")
+    if sweep == "quick":
+        return entry.sizes(device, True)
+    sizes = entry.sizes(device, False)
+    return sizes if sweep == "full" else [size for size in sizes if size.default]
+
+
+def sweep_impls(entry: Entry, device: torch.device, sweep: str, compile_on_cpu: bool = False) -> list:
+    """The implementations a sweep times here. torch.compile peers are left out of quick and
+    default runs on the CPU (compiling takes minutes there) unless ``compile_on_cpu``. The default
+    sweep leaves out ``full_only`` variants and vgpa's pure-PyTorch backend wherever a compiled
+    vgpa backend runs (the torch backend is the reference, not what ``backend="auto"`` picks)."""
+    if sweep not in SWEEPS:
+        raise ValueError(f"sweep must be one of {SWEEPS}, got {sweep!r}")
+    impls = [impl for impl in entry.impls if runnable(impl, device)]
+    if device.type != "cuda" and sweep != "full" and not compile_on_cpu:
+        impls = [impl for impl in impls if not impl.compiled]
+    if sweep == "default":
+        compiled_backend = any(impl.backend not in (None, "torch") for impl in impls)
+        impls = [impl for impl in impls
+                 if not impl.full_only and not (compiled_backend and impl.backend == "torch")]
+    return impls
+
+
+def cases(entry: Entry, device: torch.device, sweep: str = "full", compile_on_cpu: bool = False) -> list:
+    """Every (size, mode, implementation) of the sweep to time, sizes outermost so that one size's
+    inputs are built once; on a GPU, forward cases of capturable implementations at graph sizes
+    are also timed as a CUDA-graph replay."""
+    impls = sweep_impls(entry, device, sweep, compile_on_cpu)
     out = []
-    for size in entry.sizes(device, quick):
+    for size in sweep_sizes(entry, device, sweep):
         for mode in entry.modes:
             for impl in impls:
                 out.append(Case(size, mode, impl.name))
@@ -206,8 +250,10 @@ def run_case(benchmark, entry: Entry, case: Case, device: torch.device, min_roun
         "op": entry.op, "size": case.size.label, "x": case.size.x, "x_label": entry.x_label,
         "mode": case.mode, "impl": impl.name + (" [graph]" if case.graph else ""), "peer": impl.peer,
         "what": impl.what, "baseline": entry.baseline, "peak_mib": peak, "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "default_size": case.size.default,
     })
+    if impl.versus is not None:
+        benchmark.extra_info["versus"] = list(impl.versus)
     if entry.bytes_moved is not None:
         benchmark.extra_info["bytes"] = int(entry.bytes_moved(case.size, inputs, case.mode))
     if entry.copy_roof:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import re
@@ -49,6 +50,8 @@ def rows_from_benchmarks(benchmarks: list[dict]) -> dict[str, list[dict]]:
         row["what"] = info["what"]
         row["_baseline"] = info["baseline"]
         row["_x_label"] = info["x_label"]
+        row["_default_size"] = info.get("default_size", False)
+        row["_versus"] = info.get("versus")
         rows.setdefault(info["op"], []).append(row)
     for op_rows in rows.values():
         for row in op_rows:
@@ -84,6 +87,42 @@ def table(rows: list[dict], columns: list[str] | None = None) -> str:
     lines = ["  ".join(k.rjust(w) for k, w in zip(fields, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+def headline(rows: dict[str, list[dict]]) -> list[dict]:
+    """One row per op, mode and vgpa implementation at the op's default size (every size where the
+    run has no default size, as --quick): vgpa's median and its speedup against each peer it is
+    compared with (its ``versus`` peers, else every peer of the size and mode)."""
+    out = []
+    for op, op_rows in rows.items():
+        chosen = [r for r in op_rows if r.get("_default_size")] or op_rows
+        for row in chosen:
+            if row["peer"]:
+                continue
+            peers = [k[len(speedup_column("")):] for k in row if k.startswith(speedup_column(""))]
+            if row.get("_versus") is not None:
+                peers = [p for p in peers if p in row["_versus"]]
+            against = ", ".join(f"{format_value(row[speedup_column(p)])}x {p}" for p in peers)
+            out.append({"op": op, "mode": row["mode"], "size": row["size"], "vgpa": row["impl"],
+                        "median": format_ms(row["median_ms"]),
+                        "against its peers": against or ("no peer (for scale)" if row.get("_versus") == [] else "-")})
+    return out
+
+
+def format_ms(ms: float) -> str:
+    return f"{ms * 1e3:.3g} us" if ms < 1 else f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1e3:.3g} s"
+
+
+def headline_table(rows: dict[str, list[dict]]) -> str:
+    """The headline rows as a left-aligned text table."""
+    lines = headline(rows)
+    if not lines:
+        return "(no vgpa row)"
+    fields = list(lines[0])
+    widths = [max(len(k), *(len(r[k]) for r in lines)) for k in fields]
+    text = ["  ".join(k.ljust(w) for k, w in zip(fields, widths)).rstrip()]
+    text += ["  ".join(r[k].ljust(w) for k, w in zip(fields, widths)).rstrip() for r in lines]
+    return "\n".join(text)
 
 
 def commit() -> str | None:
@@ -137,16 +176,31 @@ def _pyplot():
 
 
 def plot_speedups(op: str, rows: list[dict], path: str) -> str | None:
-    """Bars of every vgpa implementation's speedup against each peer (one panel per peer), per
-    size and mode, on a log axis with the break-even line at 1. None when there is no peer."""
+    """speedup_figure written to path; None when there is no peer."""
+    fig = speedup_figure(op, rows)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def speedup_figure(op: str, rows: list[dict]):
+    """Bars of every vgpa implementation's speedup against each peer it is compared with (one panel
+    per peer; every peer unless the row names its own, ``versus``), per size and mode, on a log axis
+    with the break-even line at 1. None when there is no peer."""
     plt = _pyplot()
+    from matplotlib import ticker
+
     peers = list(dict.fromkeys(r["impl"] for r in rows if r["peer"]))
-    ours = list(dict.fromkeys(r["impl"] for r in rows if not r["peer"]))
+    # an implementation compared with no peer (timed for scale) has no bar to draw
+    ours = list(dict.fromkeys(r["impl"] for r in rows if not r["peer"] and r.get("_versus") != []))
     groups = list(dict.fromkeys((r["size"], r["mode"]) for r in rows))
     if not peers or not ours:
         return None
-    fig, axes = plt.subplots(len(peers), 1, squeeze=False,
-                             figsize=(max(6.0, 0.45 * len(groups) * len(ours) + 4), 3.2 * len(peers)))
+    # the panels share their x axis, so the sizes are labelled once, under the last panel
+    fig, axes = plt.subplots(len(peers), 1, squeeze=False, sharex=True,
+                             figsize=(max(6.0, 0.45 * len(groups) * len(ours) + 4), 2.8 * len(peers) + 1.2))
     width = 0.8 / len(ours)
     for ax, peer in zip(axes[:, 0], peers):
         column = speedup_column(peer)
@@ -154,20 +208,37 @@ def plot_speedups(op: str, rows: list[dict], path: str) -> str | None:
             values = []
             for size, mode in groups:
                 match = [r for r in rows if r["impl"] == impl and r["size"] == size and r["mode"] == mode]
-                values.append(match[0].get(column, float("nan")) if match else float("nan"))
-            ax.bar([g + (k - (len(ours) - 1) / 2) * width for g in range(len(groups))], values, width, label=impl)
+                compared = match and (match[0].get("_versus") is None or peer in match[0]["_versus"])
+                values.append(match[0].get(column, float("nan")) if compared else float("nan"))
+            bars = ax.bar([g + (k - (len(ours) - 1) / 2) * width for g in range(len(groups))], values, width,
+                          label=impl)
+            ax.bar_label(bars, labels=[f"{v:.3g}" if math.isfinite(v) else "" for v in values], fontsize=6)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        # plain numbers at 1, 2 and 5 of each decade (3, not 3 x 10^0), and every tick labelled where
+        # the axis spans less than a decade
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 1.3)  # room for the value above the tallest bar
+        ax.yaxis.set_minor_formatter(plain if high * 1.3 < 10 * low else ticker.NullFormatter())
         ax.set_ylabel(f"speedup vs\n{peer}")
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{s}\n{m}" for s, m in groups], fontsize=7)
         ax.grid(axis="y", which="both", alpha=0.3)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(range(len(groups)))
+    bottom.set_xticklabels(tick_labels(groups), fontsize=7, rotation=30, ha="right", rotation_mode="anchor")
     axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[0, 0].set_title(f"{op}: speedup (peer median / vgpa median)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def tick_labels(groups: list[tuple[str, str]]) -> list[str]:
+    """One label per (size, mode) bar group: the size, and the mode where the op has several (the
+    plot rotates them, so that long shapes do not run into each other)."""
+    modes = {mode for _, mode in groups}
+    return [f"{size} {mode}" if len(modes) > 1 else size for size, mode in groups]
 
 
 def roof_ms(bytes_moved: float, copy_gbs: float) -> float:
@@ -178,7 +249,9 @@ def roof_ms(bytes_moved: float, copy_gbs: float) -> float:
 def plot_scaling(op: str, rows: list[dict], path: str) -> str | None:
     """Median time against problem size on log-log axes, one line per implementation, one panel
     per mode; where rows carry GB/s and a copy bandwidth, the time a copy-bandwidth-bound call
-    would take is drawn as the roof."""
+    would take is drawn as the roof. None when the rows have a single size."""
+    if len({r["x"] for r in rows}) < 2:  # one size (a default run): no curve to draw
+        return None
     plt = _pyplot()
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     fig, axes = plt.subplots(1, len(modes), figsize=(6.4 * len(modes), 4.4), squeeze=False)

@@ -22,7 +22,7 @@ python3 -m pytest -q -rs 2>&1 | tee "$out/tests.log"
 tests_status=${PIPESTATUS[0]}
 
 echo "== bench"
-vgpa bench 2>&1 | tee "$out/bench.log"
+vgpa bench --full --out bench/results 2>&1 | tee "$out/bench.log"
 bench_status=${PIPESTATUS[0]}
 
 echo "tests exit $tests_status, bench exit $bench_status"

@@ -88,8 +88,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, available backends, compiled CUDA architectures and GPU coverage")
     sub.add_parser("bench", add_help=False,
-                   help="the bench: every op against the peers users run today, under pytest-benchmark; tables, "
-                        "CSV/JSON and plots in bench/results/<device>/ (see `vgpa bench --help`)")
+                   help="the bench: every op against the peers users run today, under pytest-benchmark, at "
+                        "each op's default size (--full: every size); tables, the headline, CSV/JSON and plots "
+                        "in a new folder of ~/.cache/vgpa/bench/ (see `vgpa bench --help`)")
     sub.add_parser("score", help="score videos for geometric consistency into meta_data.json "
                                  "(see `vgpa score --help`)", add_help=False)
     args, rest = parser.parse_known_args(argv)
