@@ -371,7 +371,12 @@ def cached_compile(command: list[str], obj: str, dep_command: list[str], cache: 
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
     entry = os.path.join(cache, key[:2], key + ".o")
-    if os.path.exists(entry):
+    hit = os.path.exists(entry)
+    log = os.environ.get("VGPA_BUILD_CACHE_LOG")
+    if log:  # why an object was compiled again: compare the key parts of two builds
+        with open(log, "a") as f:
+            f.write(json.dumps({"object": os.path.basename(obj), "hit": hit, "key": key, **key_parts}) + "\n")
+    if hit:
         shutil.copyfile(entry, obj)
         return True
     subprocess.check_call(command)
