@@ -330,7 +330,7 @@ def _point_map_cases(frames):
         ("point_map_cloud conf shape", lambda: vgpa.point_map_cloud(world, frames, conf=conf[0]),
          ValueError, r"^point_map_cloud: conf must be \(B, T, H, W\) = \(1, 3, 8, 8\)"),
         ("point_map_cloud int points", lambda: vgpa.point_map_cloud(world.long(), frames),
-         TypeError, r"^point_map_cloud: points must be floating point"),
+         TypeError, r"^point_map_cloud: points must be a floating-point tensor"),
         ("point_map_cloud threshold without conf", lambda: vgpa.point_map_cloud(world, frames, conf_threshold=5.0),
          ValueError, r"^point_map_cloud: conf_threshold=5.0 needs conf"),
         ("point_map_cloud threshold 100", lambda: vgpa.point_map_cloud(world, frames, conf, conf_threshold=100),

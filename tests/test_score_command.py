@@ -24,6 +24,8 @@ from vgpa import cli, score_command, scoring
 from vgpa.geometry import Geometry, load_geometry
 from vgpa.video import read_video, write_video
 
+from fifo_watchdog import fifo_watchdog
+
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 5, 32
 
@@ -553,28 +555,9 @@ def test_a_fifo_as_video_path_is_a_per_video_error_and_never_blocks(tmp_path, ca
     groups[0]["videos"].append({"video_path": "videos/pipe.avi"})
     groups_file = _write_groups(tmp_path, groups, "with_fifo.json")
 
-    opened, stop = [], threading.Event()
-
-    def watchdog():
-        # A reader blocked on the FIFO would hang the test: open the other end, which releases it,
-        # and record that it happened.
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader has it open
-                stop.wait(0.02)
-                continue
-            opened.append(True)
-            os.close(fd)
-
-    thread = threading.Thread(target=watchdog, daemon=True)
-    thread.start()
-    try:
+    with fifo_watchdog(fifo) as opened:
         out = tmp_path / "meta_data.json"
         code = _score_tiny(groups_file, out)
-    finally:
-        stop.set()
-        thread.join()
     assert not opened, "the FIFO was opened"
     assert code == 0
     videos = json.loads(out.read_text())["groups"][0]["videos"]

@@ -4,7 +4,6 @@ files. Frames that encode their index as a grey level let a test read back which
 
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ cv2 = pytest.importorskip("cv2", reason="vgpa.video needs the video extra (openc
 
 from vgpa.video import (TruncatedVideoError, VideoReadError, VideoWriteError, prepare_frames,  # noqa: E402
                         read_video, sample_indices, write_video)
+
+from fifo_watchdog import fifo_watchdog  # noqa: E402
 
 LEVEL = 15  # grey level step between consecutive frames
 
@@ -318,26 +319,9 @@ def test_a_fifo_or_a_device_is_refused_without_being_opened(tmp_path):
     test instead of hanging it."""
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
-    opened, stop = [], threading.Event()
-
-    def watchdog():
-        while not stop.is_set():
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader has it open
-                stop.wait(0.02)
-                continue
-            opened.append(True)
-            os.close(fd)
-
-    thread = threading.Thread(target=watchdog, daemon=True)
-    thread.start()
-    try:
+    with fifo_watchdog(fifo) as opened:
         with pytest.raises(VideoReadError, match="it is a FIFO, not a regular file"):
             read_video(fifo)
-    finally:
-        stop.set()
-        thread.join()
     assert not opened
     with pytest.raises(VideoReadError, match="it is a character device, not a regular file"):
         read_video("/dev/zero")

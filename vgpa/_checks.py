@@ -13,14 +13,15 @@ from .pairs import adjacent_pairs
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def tensor(op, name, x, ref=None):
-    """A floating-point tensor, on the device of ``ref`` (the depth) when given."""
+def tensor(op, name, x, ref=None, ref_name="depth"):
+    """A floating-point tensor, on the device of ``ref`` (the depth, or what ``ref_name`` says)
+    when given."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {x.dtype}")
     if ref is not None and x.device != ref.device:
-        raise ValueError(f"{op}: {name} is on {x.device} but depth is on {ref.device}")
+        raise ValueError(f"{op}: {name} is on {x.device} but {ref_name} is on {ref.device}")
 
 
 def depth(op, depth, batched=True):

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import _checks
 from .._dtypes import accumulation_dtype
 from ..reference import render_points as reference
 from .reprojection_error import _unproject_depth
@@ -45,12 +46,7 @@ def _check(depth, intrinsics, extrinsics, colors, conf, conf_threshold):
     if conf is not None:
         tensors["conf"] = conf
     for name, x in tensors.items():
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{OP}: {name} must be floating point, got {x.dtype}")
-        if x.device != depth.device:
-            raise ValueError(f"{OP}: {name} is on {x.device} but depth is on {depth.device}")
+        _checks.tensor(OP, name, x, depth)
     if depth.dim() != 4:
         raise ValueError(f"{OP}: depth must be (B, T, H, W), got shape {tuple(depth.shape)}")
     b, t, h, w = depth.shape
@@ -134,12 +130,7 @@ def point_map_cloud(points: Tensor, colors: Tensor, conf: Optional[Tensor] = Non
     points in float64 for float64 points, else float32.
     """
     for name, x in (("points", points), ("colors", colors)) + ((("conf", conf),) if conf is not None else ()):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{OP_MAP}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{OP_MAP}: {name} must be floating point, got {x.dtype}")
-        if x.device != points.device:
-            raise ValueError(f"{OP_MAP}: {name} is on {x.device} but points are on {points.device}")
+        _checks.tensor(OP_MAP, name, x, points, ref_name="points")
     if points.dim() != 5 or points.shape[-1] != 3 or 0 in points.shape:
         raise ValueError(f"{OP_MAP}: points must be a non-empty (B, T, H, W, 3) tensor, got {tuple(points.shape)}")
     b, t, h, w, _ = points.shape
