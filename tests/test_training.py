@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -587,7 +588,7 @@ def test_unknown_prediction_type_and_other_misuse_raise():
 # The example script
 
 
-def _run_script(*args, timeout=600):
+def _run_script(*args, timeout=300):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
@@ -703,13 +704,24 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch_two_processes(*args, timeout=600):
-    """`accelerate launch --num_processes 2` on the CPU: torch.distributed with gloo."""
+def _launch_two_processes(*args, timeout=300):
+    """`accelerate launch --num_processes 2` on the CPU: torch.distributed with gloo. A run past
+    ``timeout`` fails with the tail of what the ranks printed, and its whole process group is
+    killed: a rank left waiting in a collective for a peer that died would otherwise outlive the
+    test."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), str(SCRIPT), *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            pytest.fail(f"two-process run still going after {timeout} s; its last output:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _trace(folder):
