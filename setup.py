@@ -166,7 +166,7 @@ def _sanitizer_flags():
         return []
     if value != "address":
         raise SystemExit(f"VGPA_SANITIZE={value!r}: expected 'address' or nothing")
-    return ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+    return config.sanitizer_flags()
 
 
 def _cuda_archs(nvcc):

@@ -23,8 +23,10 @@
 // (-ffp-contract=off), vector division and square root round as scalar ones, and the SIMD loops
 // sum into a fixed number of lanes (kSimdLanes) rather than into the vector's width.
 // GCC 11 is the first to know the x86-64-v3/v4 levels; other compilers build the baseline only.
+// The sanitizer build defines VGPA_CPU_SIMD_ONE_CLONE and compiles for the level of the clone its
+// CPU runs (vgpa/_build_config.py: sanitizer_flags): the other clones would never run there.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
-    !defined(__CUDACC__)
+    !defined(__CUDACC__) && !defined(VGPA_CPU_SIMD_ONE_CLONE)
 #define VGPA_CPU_SIMD_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define VGPA_CPU_SIMD_CLONES

@@ -272,3 +272,16 @@ def test_cache_dir_default_override_and_off():
     assert build.cache_dir({}) == os.path.expanduser("~/.cache/vgpa/build")
     assert build.cache_dir({"VGPA_BUILD_CACHE": "/tmp/x"}) == "/tmp/x"
     assert build.cache_dir({"VGPA_BUILD_CACHE": "off"}) is None
+
+
+def test_the_sanitizer_builds_the_simd_clone_this_cpu_runs():
+    v3 = "avx avx2 bmi1 bmi2 f16c fma abm movbe xsave"
+    v4 = v3 + " avx512f avx512bw avx512cd avx512dq avx512vl"
+    assert build.running_simd_clone(f"processor\t: 0\nflags\t\t: fpu sse2 {v4}\n") == "x86-64-v4"
+    assert build.running_simd_clone(f"flags\t\t: fpu sse2 {v3} avx512f\n") == "x86-64-v3"
+    assert build.running_simd_clone("flags\t\t: fpu sse2 avx\n") is None
+    assert build.running_simd_clone("") is None
+    flags = build.sanitizer_flags()
+    assert flags[:len(build.SANITIZER_FLAGS)] == build.SANITIZER_FLAGS and "-DVGPA_CPU_SIMD_ONE_CLONE" in flags
+    level = build.running_simd_clone()
+    assert (f"-march={level}" in flags) if level else not any(f.startswith("-march") for f in flags)

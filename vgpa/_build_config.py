@@ -50,6 +50,46 @@ PACKAGE_DIRS = {"vgpa/kernels": "kernels", "vgpa/bench": "bench"}
 # std::sqrt vectorise; neither changes a result.
 HOST_CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
+# The AddressSanitizer build (VGPA_SANITIZE=address; python -m vgpa_tools.gpu_proof sanitize).
+SANITIZER_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+
+# CPU flags (/proc/cpuinfo) of the x86-64 levels the SIMD clones are built for (csrc/common.h:
+# VGPA_CPU_SIMD_CLONES), as the loader's choice among them tests them; the newest level the CPU
+# has is the clone that runs.
+X86_64_LEVELS = {
+    "x86-64-v4": ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+    "x86-64-v3": ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"),
+}
+
+
+def running_simd_clone(cpuinfo: str | None = None) -> str | None:
+    """The x86-64 level whose SIMD clone this CPU runs ("x86-64-v4", "x86-64-v3"), or None for
+    the baseline clone (or a CPU that is not x86-64 Linux)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    have_v3 = set(X86_64_LEVELS["x86-64-v3"]) <= flags
+    if have_v3 and set(X86_64_LEVELS["x86-64-v4"]) <= flags:
+        return "x86-64-v4"
+    return "x86-64-v3" if have_v3 else None
+
+
+def sanitizer_flags() -> list[str]:
+    """The sanitizer build's flags: ASan, and the SIMD loops compiled once, for the clone this
+    CPU runs (VGPA_CPU_SIMD_ONE_CLONE with its -march): the sanitizer's tests run on this machine,
+    so the other clones would be compiled (two thirds of the build) and never run."""
+    level = running_simd_clone()
+    return SANITIZER_FLAGS + ["-DVGPA_CPU_SIMD_ONE_CLONE"] + ([f"-march={level}"] if level else [])
+
+
 # Host C++ flags of the CUDA emulation module (vgpa._C_cuda_emu, a test instrument): no OpenMP
 # (the emulation schedules the GPU threads itself), the same rounding rules.
 EMULATION_CXX_FLAGS = ["-O2", "-ffp-contract=off", "-Wno-unknown-pragmas"]
