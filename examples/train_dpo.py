@@ -452,6 +452,12 @@ def main(args):
     if accelerator.is_main_process:
         vt.save_lora_checkpoint(accelerator.unwrap_model(transformer), output_dir)
         logger.info(f"saved the final LoRA weights in {output_dir}")
+    # One more barrier before the process group goes. gloo's worker thread releases a finished
+    # collective's tensors, which takes the GIL for tensors Python made; tearing the group down
+    # (here, or when the DDP model is freed) joins that thread with the GIL held (torch 2.13), so
+    # a teardown right behind the last barrier could hang a process at exit. Waiting on a second
+    # barrier, with the GIL released, lets the thread finish with the first.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 

@@ -1,6 +1,7 @@
 """vgpa.training: the Diffusion-DPO step on tiny random diffusers CogVideoX and Wan
 transformers, its data formats, LoRA checkpoints and the examples/train_dpo.py script."""
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -19,6 +20,7 @@ import torch
 diffusers = pytest.importorskip("diffusers", reason="vgpa.training needs diffusers (pip install vgpa[train])")
 peft = pytest.importorskip("peft", reason="vgpa.training needs peft (pip install vgpa[train])")
 pytest.importorskip("accelerate", reason="vgpa.training needs accelerate (pip install vgpa[train])")
+import psutil  # noqa: E402  (accelerate depends on it)
 
 import safetensors.torch  # noqa: E402
 from diffusers import (  # noqa: E402
@@ -718,8 +720,12 @@ def _launch_two_processes(*args, timeout=300):
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # The ranks run in sessions of their own: kill them by name, then the launcher's group.
+            for child in psutil.Process(process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
+            stdout, stderr = process.communicate(timeout=60)
             pytest.fail(f"two-process run still going after {timeout} s; its last output:\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
