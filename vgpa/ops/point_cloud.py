@@ -60,11 +60,15 @@ def _check(depth, intrinsics, extrinsics, colors, conf, conf_threshold):
                          f"got {tuple(colors.shape)}")
     if conf is not None and conf.shape != depth.shape:
         raise ValueError(f"{OP}: conf must have the shape of depth {tuple(depth.shape)}, got {tuple(conf.shape)}")
+    _check_conf_threshold(OP, conf_threshold, conf)
+
+
+def _check_conf_threshold(op, conf_threshold, conf):
     if isinstance(conf_threshold, bool) or not isinstance(conf_threshold, (int, float)) \
             or not math.isfinite(conf_threshold) or not 0 <= conf_threshold < 100:
-        raise ValueError(f"{OP}: conf_threshold is a percentage in [0, 100), got {conf_threshold!r}")
+        raise ValueError(f"{op}: conf_threshold is a percentage in [0, 100), got {conf_threshold!r}")
     if conf_threshold > 0 and conf is None:
-        raise ValueError(f"{OP}: conf_threshold={conf_threshold} needs conf")
+        raise ValueError(f"{op}: conf_threshold={conf_threshold} needs conf")
 
 
 def _check_ties(op, conf_ties):
@@ -139,11 +143,7 @@ def point_map_cloud(points: Tensor, colors: Tensor, conf: Optional[Tensor] = Non
                          f"C >= 1; got {tuple(colors.shape)}")
     if conf is not None and conf.shape != points.shape[:4]:
         raise ValueError(f"{OP_MAP}: conf must be (B, T, H, W) = {tuple(points.shape[:4])}, got {tuple(conf.shape)}")
-    if isinstance(conf_threshold, bool) or not isinstance(conf_threshold, (int, float)) \
-            or not math.isfinite(conf_threshold) or not 0 <= conf_threshold < 100:
-        raise ValueError(f"{OP_MAP}: conf_threshold is a percentage in [0, 100), got {conf_threshold!r}")
-    if conf_threshold > 0 and conf is None:
-        raise ValueError(f"{OP_MAP}: conf_threshold={conf_threshold} needs conf")
+    _check_conf_threshold(OP_MAP, conf_threshold, conf)
     _check_ties(OP_MAP, conf_ties)
     world = points.to(torch.float64 if points.dtype == torch.float64 else torch.float32)
     selection = reference.point_cloud_selection(None, conf, float(conf_threshold), conf_ties, points=world)
