@@ -142,7 +142,7 @@ def make_inputs(dims, device):
 def sizes(device, quick):
     """(videos, frames, fewest matches per pair, most matches per pair); x = matches in all pairs.
     The default: a scoring batch of videos of VideoGPA's 10 frames, 4 on the CPU (36 pairs, the
-    README's headline size), 8 on a GPU."""
+    headline size of docs/bench.md), 8 on a GPU."""
     if device.type == "cuda":
         dims = [(4, 10, 1000, 4000)] if quick else [(2, 10, 1000, 4000), (8, 10, 1000, 4000), (32, 10, 1000, 4000)]
     else:

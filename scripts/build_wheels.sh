@@ -4,7 +4,7 @@
 #   VGPA_CUDA_ARCHS="80;90" scripts/build_wheels.sh [OUT_DIR]     (default OUT_DIR: dist)
 #
 # VGPA_CUDA_ARCHS: numbers ("80;90", "8.0 9.0", "90a"), names (ampere, ada, hopper, blackwell,
-# turing), "default" (the default when unset) or "all"; see README "Building wheels". The build
+# turing), "default" (the default when unset) or "all"; see docs/building.md. The build
 # needs nvcc unless VGPA_BUILD_CUDA=0 (a +cpu wheel). Every other build variable of setup.py
 # (VGPA_BUILD_JOBS, VGPA_BUILD_CACHE, VGPA_BUILD_CUDA_EMULATION, CUDA_HOME) applies.
 #

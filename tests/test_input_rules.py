@@ -1,4 +1,4 @@
-"""The input rules of the geometry ops (README, "Input rules"): bad input raises a clear error
+"""The input rules of the geometry ops (docs/backends.md, "Input rules"): bad input raises a clear error
 before any kernel sees it, eagerly, under torch.compile and through a direct torch.ops.vgpa call;
 a packed cloud may end with an empty video; results do not depend on where the scene sits."""
 

@@ -1,9 +1,9 @@
-"""Every ```python block of README.md runs as a test, so that a documented call cannot break
-unnoticed.
+"""Every ```python block of README.md and of the pages in docs/ runs as a test, so that a
+documented call cannot break unnoticed.
 
-The blocks run in document order in one namespace, as a reader runs them (the op sections
-continue the Example's depth, K and E), in a temporary working directory. A comment on the
-line before a block changes how it runs, and says why:
+The blocks of one document run in its order in one namespace of their own, as a reader runs
+them (a page's later examples continue its earlier ones), in a temporary working directory. A
+comment on the line before a block changes how it runs, and says why:
 
 - ``<!-- readme-test: skip: REASON -->``: not run; the test is reported as skipped with REASON.
   Only for blocks that are not code, e.g. a signature listing.
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
 DIRECTIVE = re.compile(r"^<!--\s*readme-test:\s*(skip|stand-ins):\s*(.*?)\s*-->$")
 FENCE = re.compile(r"^```python\s*$")
 
@@ -43,7 +44,14 @@ def python_blocks(text):
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text())
+def document_blocks():
+    """[(document, line, code, kind, argument)] of every document, the document as a path
+    relative to the root."""
+    return [(path.relative_to(ROOT).as_posix(),) + block
+            for path in DOCUMENTS for block in python_blocks(path.read_text())]
+
+
+BLOCKS = document_blocks()
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,51 +103,53 @@ STAND_INS = {"tiny-cogvideox": _tiny_cogvideox}
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, request):
-    """Runs every block once, in order, in one namespace; returns {line: ("ok" | "skip" | "fail",
-    detail)}."""
-    workdir = tmp_path_factory.mktemp("readme")
-    namespace = {"__name__": "__readme__"}
-    provided = {}
+def outcomes(tmp_path_factory):
+    """Runs every block once, document by document, in order, each document in one namespace of
+    its own; returns {(document, line): ("ok" | "skip" | "fail", detail)}."""
     results = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        for line, code, kind, argument in BLOCKS:
-            if kind == "skip":
-                continue
-            try:
-                if kind == "stand-ins":
-                    name = argument.split()[0]
-                    if name not in provided:
-                        provided[name] = STAND_INS[name](workdir)
-                    namespace.update({k: v for k, v in provided[name].items() if k not in namespace})
-                exec(compile(code, f"README.md:{line}", "exec"), namespace)
-                results[line] = ("ok", "")
-            except pytest.skip.Exception as exc:  # a stand-in set whose packages are not installed
-                results[line] = ("skip", str(exc))
-            except Exception:  # any failure of the block is its test's failure
-                results[line] = ("fail", traceback.format_exc())
+    for document in dict.fromkeys(block[0] for block in BLOCKS):
+        workdir = tmp_path_factory.mktemp("docs")
+        namespace = {"__name__": "__readme__"}
+        provided = {}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(workdir)
+            for _, line, code, kind, argument in (b for b in BLOCKS if b[0] == document):
+                if kind == "skip":
+                    continue
+                try:
+                    if kind == "stand-ins":
+                        name = argument.split()[0]
+                        if name not in provided:
+                            provided[name] = STAND_INS[name](workdir)
+                        namespace.update({k: v for k, v in provided[name].items() if k not in namespace})
+                    exec(compile(code, f"{document}:{line}", "exec"), namespace)
+                    results[document, line] = ("ok", "")
+                except pytest.skip.Exception as exc:  # a stand-in set whose packages are not installed
+                    results[document, line] = ("skip", str(exc))
+                except Exception:  # any failure of the block is its test's failure
+                    results[document, line] = ("fail", traceback.format_exc())
     return results
 
 
-def test_readme_has_python_examples_and_known_directives():
-    assert len(BLOCKS) >= 5
-    for line, _, kind, argument in BLOCKS:
+def test_documents_have_python_examples_and_known_directives():
+    assert sum(block[0] == "README.md" for block in BLOCKS) >= 2
+    assert len(BLOCKS) >= 20
+    for document, line, _, kind, argument in BLOCKS:
         if kind == "stand-ins":
-            assert argument.split()[0] in STAND_INS, f"README.md:{line}: unknown stand-in set {argument!r}"
+            assert argument.split()[0] in STAND_INS, f"{document}:{line}: unknown stand-in set {argument!r}"
         if kind is not None:
-            assert argument and "(" in argument or kind == "skip", f"README.md:{line}: give the reason"
+            assert argument and "(" in argument or kind == "skip", f"{document}:{line}: give the reason"
 
 
-@pytest.mark.parametrize("line,code,kind,argument", BLOCKS, ids=[f"line{b[0]}" for b in BLOCKS])
-def test_readme_python_block_runs(outcomes, line, code, kind, argument):
+@pytest.mark.parametrize("document,line,code,kind,argument", BLOCKS, ids=[f"{b[0]}:{b[1]}" for b in BLOCKS])
+def test_documented_python_block_runs(outcomes, document, line, code, kind, argument):
     if kind == "skip":
-        pytest.skip(f"README.md:{line} is excluded: {argument}")
-    status, detail = outcomes[line]
+        pytest.skip(f"{document}:{line} is excluded: {argument}")
+    status, detail = outcomes[document, line]
     if status == "skip":
-        pytest.skip(f"README.md:{line}: {detail}")
+        pytest.skip(f"{document}:{line}: {detail}")
     if status == "fail":
-        pytest.fail(f"README.md:{line} raised:\n{detail}\n--- block ---\n{code}", pytrace=False)
+        pytest.fail(f"{document}:{line} raised:\n{detail}\n--- block ---\n{code}", pytrace=False)
 
 
 def test_plain_import_gives_the_metrics_module():

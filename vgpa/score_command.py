@@ -191,7 +191,7 @@ def load_groups(path: Path) -> list:
     if path.is_dir():
         raise InputFileError(f"{path} is a folder; vgpa score takes a groups file, JSON like {{\"groups\": "
                              "[{\"group_id\": \"g0\", \"prompt\": \"...\", \"videos\": [{\"video_path\": "
-                             "\"videos/a.mp4\"}]}]} (see `vgpa score` in the README)")
+                             "\"videos/a.mp4\"}]}]} (see docs/scoring.md)")
     return groups_of(path, read_json(path))
 
 
