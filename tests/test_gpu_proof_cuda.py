@@ -56,7 +56,7 @@ def with_fmad(compilations):
 def test_every_cuda_source_is_compiled_for_every_table_arch(as_built):
     compiled = {(c.source, c.arch) for c in as_built}
     sources = {job.source.name for job in ck.build_compilations()}
-    assert set(ck.BUILD.DECISION_SOURCES) <= sources
+    assert {path.name for path in ck.decision_sources()} <= sources
     assert compiled == {(s, f"sm_{a}") for s in sources for a in ck.table_archs()}
 
 
@@ -99,7 +99,21 @@ def test_decision_path_check_flags_contracted_multiply_adds(with_fmad):
     violations = ck.decision_path_violations(with_fmad)
     flagged = {source for (source, _, _), bad in violations.items()
                if any(rule == "contracted multiply-add" for rule, _ in bad)}
-    assert flagged == set(ck.BUILD.DECISION_SOURCES)
+    assert flagged == {path.name for path in ck.decision_sources()}
+
+
+def test_the_decision_rule_is_opt_out_with_a_reason():
+    """A new kernel source is a decision source unless it is declared otherwise; every exemption
+    names a kernel source that exists and says why it decides nothing."""
+    sources = {path.name for path in ck.cuda_sources()}
+    assert ck.BUILD.is_decision_source("csrc/photometric_error.cu")
+    for name, reason in ck.BUILD.NO_DECISION_SOURCES.items():
+        assert name in sources and name not in ck.BUILD.CUDA_HOST_ONLY_SOURCES, f"stale exemption {name}"
+        assert len(reason.split()) >= 5, f"{name}: say why it decides nothing"
+        assert not ck.BUILD.is_decision_source(name)
+    assert {path.name for path in ck.decision_sources()} == (
+        sources - set(ck.BUILD.NO_DECISION_SOURCES) - set(ck.BUILD.CUDA_HOST_ONLY_SOURCES))
+    assert len(ck.decision_sources()) >= 4
 
 
 def test_build_flags_of_the_decision_sources_forbid_contraction():

@@ -101,12 +101,24 @@ CUDA_HOST_ONLY_SOURCES = ("cuda_runtime_info.cu",)
 NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
               "-DVGPA_WITH_CUDA"]
 
-# Sources whose kernels take discrete decisions (validity, the pixel a point lands on, the
-# z-buffer winner, the inlier test): compiled without FMA contraction, so every multiply and add
-# is rounded on its own, as on the CPU, and the GPU decides exactly as the C++ twin does.
-# Division and square root are IEEE without --use_fast_math, which vgpa never uses.
-DECISION_SOURCES = ("epipolar.cu", "normal_stability.cu", "render_points.cu", "reprojection_error.cu")
-NVCC_SOURCE_FLAGS = {name: ["--fmad=false"] for name in DECISION_SOURCES}
+# The decision rule (docs/design.md 5): every kernel source is a decision source (validity, the
+# pixel a point lands on, the z-buffer winner, the inlier test), compiled without FMA contraction
+# so that every multiply and add is rounded on its own, as on the CPU, and the GPU decides exactly
+# as the C++ twin does; division and square root are IEEE without --use_fast_math, which vgpa
+# never uses. A source leaves the rule only by being listed here with the reason it decides
+# nothing (the GPU-proof tests fail on a stale entry).
+NO_DECISION_SOURCES = {
+    "diffusion_dpo_loss.cu": "weighted sums of squared errors and their gradient: nothing is decided from them "
+                             "on the GPU",
+}
+DECISION_FLAGS = ["--fmad=false"]
+
+
+def is_decision_source(source: str) -> bool:
+    """Whether a .cu file (a path or a file name) is compiled and checked under the decision rule:
+    every one that holds kernels, unless NO_DECISION_SOURCES lists it."""
+    name = os.path.basename(source)
+    return name not in NO_DECISION_SOURCES and name not in CUDA_HOST_ONLY_SOURCES
 
 # Minimum Linux driver of each CUDA runtime (CUDA release notes, "CUDA Toolkit and Corresponding
 # Driver Versions"): the statically linked runtime of a wheel needs at least this driver.
@@ -127,7 +139,7 @@ MIN_LINUX_DRIVER = {
 
 def nvcc_flags_for(source: str) -> list[str]:
     """The nvcc flags (without arch flags) that compile ``source`` (a path or a file name)."""
-    return NVCC_FLAGS + NVCC_SOURCE_FLAGS.get(os.path.basename(source), [])
+    return NVCC_FLAGS + (DECISION_FLAGS if is_decision_source(source) else [])
 
 
 class ArchError(ValueError):

@@ -8,7 +8,7 @@ report and the PTX it assembled (the same text ``nvcc -ptx`` writes). From these
 - the resource budget: registers per thread, spills, local-memory stack frame and shared memory
   of every kernel and dtype, and the warps that can be resident per SM, committed as
   docs/gpu_resources_cuda.csv; no kernel or device function may spill or use a stack frame;
-- the decision paths: the PTX of the decision sources (DECISION_SOURCES) holds no contracted
+- the decision paths: the PTX of the decision sources (every kernel source but NO_DECISION_SOURCES) holds no contracted
   multiply-add, no approximate division, square root, reciprocal or transcendental and no
   flush-to-zero (vgpa_tools/gpu_proof/ptx.py), so the GPU takes every discrete decision as the C++
   twin does.
@@ -61,7 +61,8 @@ def cuda_sources() -> list[Path]:
 
 
 def decision_sources() -> list[Path]:
-    return [CSRC / name for name in BUILD.DECISION_SOURCES]
+    """Every kernel source but those NO_DECISION_SOURCES exempts, with its reason."""
+    return [path for path in cuda_sources() if BUILD.is_decision_source(path.name)]
 
 
 def find_nvcc() -> str | None:
@@ -335,7 +336,7 @@ def decision_path_violations(compiled: list[CompiledSource],
     source's PTX, but the ``exempt`` ones, that holds a forbidden floating-point instruction."""
     found = {}
     for c in compiled:
-        if c.source not in BUILD.DECISION_SOURCES:
+        if not BUILD.is_decision_source(c.source):
             continue
         for name, body in c.functions.values():
             if function_name(name) in exempt:
@@ -350,7 +351,7 @@ def exempt_functions_found(compiled: list[CompiledSource]) -> dict[str, list]:
     """{exempt base name: forbidden instructions it holds across the decision sources}."""
     held = {name: [] for name in EXEMPT_FUNCTIONS}
     for c in compiled:
-        if c.source not in BUILD.DECISION_SOURCES:
+        if not BUILD.is_decision_source(c.source):
             continue
         for name, body in c.functions.values():
             base = function_name(name)
