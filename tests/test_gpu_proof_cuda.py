@@ -170,3 +170,18 @@ def test_a_several_arch_log_splits_into_one_report_per_arch():
     interleaved = sm_90 + "ptxas info    : Compiling entry function 'kernel_c' for 'sm_80'\n"
     with pytest.raises(ck.CompileError, match="interleaved"):
         ck._ptxas_report_per_arch(interleaved)
+
+
+def test_the_sanitizer_pass_runs_the_tests_of_every_compiled_op():
+    """The sanitizer finds the ops (csrc/<op>.cpp) instead of listing them: every kernel source's
+    op has its C++ twin and its tests in the pass."""
+    from vgpa_tools.gpu_proof import sanitize
+
+    selected = set(sanitize.tests())
+    assert "tests/test_cuda_emulation.py" in selected
+    for source in ck.cuda_sources():
+        if source.name in ck.BUILD.CUDA_HOST_ONLY_SOURCES:
+            continue
+        op = source.stem
+        assert (source.parent / f"{op}.cpp").exists(), f"{source.name} has no C++ twin {op}.cpp"
+        assert f"tests/test_{op}.py" in selected, f"the sanitizer pass leaves out {op}"

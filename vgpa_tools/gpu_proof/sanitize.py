@@ -11,6 +11,7 @@ compiler with libasan, pybind11 and setuptools (the `test` extra has them).
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import subprocess
@@ -19,12 +20,24 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, "build", "sanitize")
 
-# Every test of the emulation itself, and the cpu and cuda cases of every op's tests: each
-# kernel runs on odd sizes, invalid inputs and non-contiguous layouts there.
-TESTS = ["tests/test_cuda_emulation.py", "tests/test_diffusion_dpo_loss.py", "tests/test_reprojection_error.py",
-         "tests/test_normal_stability.py", "tests/test_render_points.py",
-         "tests/test_epipolar.py"]
 SELECTION = "cpu or cuda"
+
+
+def op_tests() -> list[str]:
+    """tests/test_<op>.py of every op with compiled kernels (a csrc/<op>.cpp), found rather than
+    listed, so a new op is sanitized from its first test; its cpu and cuda cases run each kernel on
+    odd sizes, invalid inputs and non-contiguous layouts."""
+    ops = sorted(os.path.basename(path)[:-len(".cpp")] for path in glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
+                 if not path.endswith("_bindings.cpp") and os.path.basename(path) != "bindings.cpp")
+    missing = [op for op in ops if not os.path.exists(os.path.join(ROOT, "tests", f"test_{op}.py"))]
+    if missing:
+        raise SystemExit(f"sanitize: no tests/test_<op>.py for the compiled op(s) {missing}")
+    return [f"tests/test_{op}.py" for op in ops]
+
+
+def tests() -> list[str]:
+    """Every test of the emulation itself, then every op's tests."""
+    return ["tests/test_cuda_emulation.py"] + op_tests()
 
 
 def _runtime_library(name: str) -> str:
@@ -65,7 +78,7 @@ def run_tests(extra: list[str]) -> int:
                VGPA_SANITIZER_RUN="1")
     # One pytest worker per core (pytest-xdist, in the test extra): the workers inherit the preload.
     workers = ["-n", "auto"] if importlib.util.find_spec("xdist") else []
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *TESTS, "-k", SELECTION, *extra]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *tests(), "-k", SELECTION, *extra]
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
