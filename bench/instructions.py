@@ -308,10 +308,10 @@ class KernelRecorder:
 
         self._backend, self._original, self.reached = _backend, _backend.launch_compiled, []
 
-        def launch(backend, name, device, *args):
+        def launch(backend, name, device, **fields):
             if backend == "cpu":
                 self.reached.append(f"{name}_cpu")
-            return self._original(backend, name, device, *args)
+            return self._original(backend, name, device, **fields)
 
         _backend.launch_compiled = launch
 

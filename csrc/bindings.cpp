@@ -21,9 +21,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_archs", [] { return std::string(); }, "CUDA architectures compiled in as SASS: none");
 #endif
 
-  vgpa::bind_diffusion_dpo_loss(m);
-  vgpa::bind_epipolar(m);
-  vgpa::bind_normal_stability(m);
-  vgpa::bind_render_points(m);
-  vgpa::bind_reprojection_error(m);
+  vgpa::bind_ops(m);  // every op of VGPA_OPS (bindings.h)
 }

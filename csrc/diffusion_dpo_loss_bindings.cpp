@@ -1,4 +1,7 @@
-// Python bindings of the Diffusion-DPO loss kernels (CPU always, CUDA when compiled in).
+// Python bindings of the Diffusion-DPO loss kernels (CPU always, CUDA when compiled in), with named
+// fields (bindings.h). The kernels address their five tensors and four stride sets through slots
+// (DiffusionDPOLossArgs): the forward's (model, ref, target, weight, partials) and the backward's
+// (model, grad, target, weight, scale) share one layout, so the names map onto the slots here.
 #include "bindings.h"
 #include "diffusion_dpo_loss.h"
 
@@ -6,73 +9,47 @@ namespace vgpa {
 
 namespace {
 
-DiffusionDPOLossArgs dpo_args(int dtype, std::array<uintptr_t, 5> ptr, int64_t samples, int64_t segments,
-                              int64_t chunks, int64_t chunk, const Sizes& sizes, const StrideList& strides) {
-  if (sizes.size() != 4 || strides.size() != 4) throw std::invalid_argument("diffusion_dpo_loss: bad layout");
-  DiffusionDPOLossArgs a{};
-  a.dtype = dtype;
-  a.shape = SegmentedShape{sizes[0], sizes[1], sizes[2], sizes[3], segments};
-  a.samples = samples;
-  for (int i = 0; i < 5; ++i) a.ptr[i] = ptr[i];
-  for (int i = 0; i < 4; ++i) a.strides[i] = strides_from(strides[i], "diffusion_dpo_loss");
-  a.chunks = chunks;
-  a.chunk = chunk;
-  return a;
+using A = DiffusionDPOLossArgs;
+
+ArgFields<A>::Setter pointer_slot(int slot) {
+  return [slot](A& a, py::handle v) { a.ptr[slot] = py::cast<uintptr_t>(v); };
 }
 
-DiffusionDPOLossArgs dpo_forward_args(int dtype, uintptr_t model, uintptr_t ref, uintptr_t target, uintptr_t weight,
-                                      uintptr_t partials, int64_t samples, int64_t segments, int64_t chunks,
-                                      int64_t chunk, const Sizes& sizes, const StrideList& strides) {
-  return dpo_args(dtype, {model, ref, target, weight, partials}, samples, segments, chunks, chunk, sizes, strides);
+ArgFields<A>::Setter strides_slot(int slot) {
+  return [slot](A& a, py::handle v) {
+    const auto s = py::cast<std::vector<int64_t>>(v);
+    if (s.size() != 5) throw py::type_error("stride fields take 5 values, got " + std::to_string(s.size()));
+    a.strides[slot] = strides_from(s, "diffusion_dpo_loss");
+  };
 }
 
-DiffusionDPOLossArgs dpo_backward_args(int dtype, uintptr_t scale, uintptr_t model, uintptr_t target, uintptr_t weight,
-                                       uintptr_t grad, int64_t samples, int64_t segments, int64_t chunk,
-                                       const Sizes& sizes, const StrideList& strides) {
-  return dpo_args(dtype, {model, grad, target, weight, scale}, samples, segments, 0, chunk, sizes, strides);
+std::shared_ptr<ArgFields<A>> common_fields() {
+  auto fields = std::make_shared<ArgFields<A>>();
+  fields->add("dtype", &A::dtype).add("samples", &A::samples).add("chunks", &A::chunks).add("chunk", &A::chunk)
+      .add("segments", [](A& a, py::handle v) { a.shape.segments = py::cast<int64_t>(v); })
+      .add("sizes", [](A& a, py::handle v) {  // per-sample (frames, a, b, c)
+        const auto s = py::cast<std::vector<int64_t>>(v);
+        if (s.size() != 4) throw py::type_error("field 'sizes' takes 4 values, got " + std::to_string(s.size()));
+        a.shape.frames = s[0], a.shape.a = s[1], a.shape.b = s[2], a.shape.c = s[3];
+      })
+      .add("model", pointer_slot(0)).add("target", pointer_slot(2)).add("weight", pointer_slot(3))
+      .add("model_strides", strides_slot(0)).add("target_strides", strides_slot(2))
+      .add("weight_strides", strides_slot(3));
+  return fields;
 }
 
 }  // namespace
 
 void bind_diffusion_dpo_loss(py::module_& m) {
-#if VGPA_BIND_CPU
-  m.def(
-      "diffusion_dpo_loss_forward_cpu",
-      [](int dtype, uintptr_t model, uintptr_t ref, uintptr_t target, uintptr_t weight, uintptr_t partials,
-         int64_t samples, int64_t segments, int64_t chunks, int64_t chunk, const Sizes& sizes,
-         const StrideList& strides) {
-        diffusion_dpo_loss_forward_cpu(
-            dpo_forward_args(dtype, model, ref, target, weight, partials, samples, segments, chunks, chunk, sizes, strides));
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "diffusion_dpo_loss_backward_cpu",
-      [](int dtype, uintptr_t scale, uintptr_t model, uintptr_t target, uintptr_t weight, uintptr_t grad,
-         int64_t samples, int64_t segments, int64_t chunk, const Sizes& sizes, const StrideList& strides) {
-        diffusion_dpo_loss_backward_cpu(
-            dpo_backward_args(dtype, scale, model, target, weight, grad, samples, segments, chunk, sizes, strides));
-      },
-      py::call_guard<py::gil_scoped_release>());
-#endif
-#ifdef VGPA_WITH_CUDA
-  m.def("diffusion_dpo_loss_forward_cuda",
-        [](int dtype, uintptr_t model, uintptr_t ref, uintptr_t target, uintptr_t weight, uintptr_t partials,
-           int64_t samples, int64_t segments, int64_t chunks, int64_t chunk, const Sizes& sizes,
-           const StrideList& strides, uintptr_t stream) {
-          diffusion_dpo_loss_forward_cuda(
-              dpo_forward_args(dtype, model, ref, target, weight, partials, samples, segments, chunks, chunk, sizes,
-                               strides),
-              stream);
-        });
-  m.def("diffusion_dpo_loss_backward_cuda",
-        [](int dtype, uintptr_t scale, uintptr_t model, uintptr_t target, uintptr_t weight, uintptr_t grad,
-           int64_t samples, int64_t segments, int64_t chunk, const Sizes& sizes, const StrideList& strides,
-           uintptr_t stream) {
-          diffusion_dpo_loss_backward_cuda(
-              dpo_backward_args(dtype, scale, model, target, weight, grad, samples, segments, chunk, sizes, strides),
-              stream);
-        });
-#endif
+  auto forward = common_fields();
+  forward->add("ref", pointer_slot(1)).add("ref_strides", strides_slot(1)).add("partials", pointer_slot(4));
+  auto backward = common_fields();
+  backward->add("grad", pointer_slot(1)).add("grad_strides", strides_slot(1)).add("scale", pointer_slot(4));
+  const std::string common = "dtype samples segments sizes chunk model model_strides target target_strides weight? "
+                             "weight_strides ";
+  // ref may be 0 (reference-free losses: the kernels read model and target only).
+  VGPA_BIND_KERNEL(m, diffusion_dpo_loss_forward, forward, common + "chunks ref? ref_strides partials");
+  VGPA_BIND_KERNEL(m, diffusion_dpo_loss_backward, backward, common + "grad grad_strides scale");
 }
 
 }  // namespace vgpa

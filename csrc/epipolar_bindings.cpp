@@ -1,79 +1,24 @@
-// Python bindings of the epipolar kernels (CPU always, CUDA when compiled in). Pointers are raw
-// addresses; every tensor is laid out by the Python op (vgpa/ops/epipolar.py).
+// Python bindings of the epipolar kernels (CPU always, CUDA when compiled in), with named fields
+// (bindings.h). Every tensor is laid out by the Python op (vgpa/ops/epipolar.py).
 #include "bindings.h"
 #include "epipolar.h"
 
 namespace vgpa {
 
-namespace {
-
-// sizes: pairs, hypotheses, rows, max_count, chunk, chunks
-// ptrs: fundamental, x1, x2, offsets, counts, distance, inliers, grad_distance, grad_partials,
-//       grad_x1, grad_x2 (0 where unused)
-EpipolarArgs epipolar_args(int dtype, const Sizes& sizes, bool squared, double threshold_squared,
-                           const std::vector<uintptr_t>& ptrs) {
-  if (sizes.size() != 6 || ptrs.size() != 11) throw std::invalid_argument("epipolar: bad argument layout");
-  EpipolarArgs a{};
-  a.dtype = dtype;
-  a.pairs = sizes[0];
-  a.hypotheses = sizes[1];
-  a.rows = sizes[2];
-  a.max_count = sizes[3];
-  a.chunk = sizes[4];
-  a.chunks = sizes[5];
-  a.squared = squared;
-  a.threshold_squared = threshold_squared;
-  a.fundamental = ptrs[0];
-  a.x1 = ptrs[1];
-  a.x2 = ptrs[2];
-  a.offsets = ptrs[3];
-  a.counts = ptrs[4];
-  a.distance = ptrs[5];
-  a.inliers = ptrs[6];
-  a.grad_distance = ptrs[7];
-  a.grad_partials = ptrs[8];
-  a.grad_x1 = ptrs[9];
-  a.grad_x2 = ptrs[10];
-  return a;
-}
-
-}  // namespace
-
 void bind_epipolar(py::module_& m) {
-#if VGPA_BIND_CPU
-  m.def(
-      "sampson_distance_forward_cpu",
-      [](int dtype, const Sizes& sizes, bool squared, double t2, const std::vector<uintptr_t>& ptrs) {
-        sampson_distance_forward_cpu(epipolar_args(dtype, sizes, squared, t2, ptrs));
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "sampson_distance_backward_cpu",
-      [](int dtype, const Sizes& sizes, bool squared, double t2, const std::vector<uintptr_t>& ptrs) {
-        sampson_distance_backward_cpu(epipolar_args(dtype, sizes, squared, t2, ptrs));
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "ransac_inlier_count_cpu",
-      [](int dtype, const Sizes& sizes, bool squared, double t2, const std::vector<uintptr_t>& ptrs) {
-        ransac_inlier_count_cpu(epipolar_args(dtype, sizes, squared, t2, ptrs));
-      },
-      py::call_guard<py::gil_scoped_release>());
-#endif
-#ifdef VGPA_WITH_CUDA
-  m.def("sampson_distance_forward_cuda", [](int dtype, const Sizes& sizes, bool squared, double t2,
-                                            const std::vector<uintptr_t>& ptrs, uintptr_t stream) {
-    sampson_distance_forward_cuda(epipolar_args(dtype, sizes, squared, t2, ptrs), stream);
-  });
-  m.def("sampson_distance_backward_cuda", [](int dtype, const Sizes& sizes, bool squared, double t2,
-                                             const std::vector<uintptr_t>& ptrs, uintptr_t stream) {
-    sampson_distance_backward_cuda(epipolar_args(dtype, sizes, squared, t2, ptrs), stream);
-  });
-  m.def("ransac_inlier_count_cuda", [](int dtype, const Sizes& sizes, bool squared, double t2,
-                                       const std::vector<uintptr_t>& ptrs, uintptr_t stream) {
-    ransac_inlier_count_cuda(epipolar_args(dtype, sizes, squared, t2, ptrs), stream);
-  });
-#endif
+  using A = EpipolarArgs;
+  auto fields = std::make_shared<ArgFields<A>>();
+  fields->add("dtype", &A::dtype).add("pairs", &A::pairs).add("hypotheses", &A::hypotheses).add("rows", &A::rows)
+      .add("max_count", &A::max_count).add("chunk", &A::chunk).add("chunks", &A::chunks).add("squared", &A::squared)
+      .add("threshold_squared", &A::threshold_squared).add("fundamental", &A::fundamental).add("x1", &A::x1)
+      .add("x2", &A::x2).add("offsets", &A::offsets).add("counts", &A::counts).add("distance", &A::distance)
+      .add("inliers", &A::inliers).add("grad_distance", &A::grad_distance).add("grad_partials", &A::grad_partials)
+      .add("grad_x1", &A::grad_x1).add("grad_x2", &A::grad_x2);
+  const std::string matches = "dtype pairs hypotheses rows max_count fundamental x1 x2 offsets counts ";
+  VGPA_BIND_KERNEL(m, sampson_distance_forward, fields, matches + "squared distance");
+  VGPA_BIND_KERNEL(m, sampson_distance_backward, fields,
+                   matches + "squared chunk chunks grad_distance grad_partials grad_x1 grad_x2");
+  VGPA_BIND_KERNEL(m, ransac_inlier_count, fields, matches + "threshold_squared inliers");
 }
 
 }  // namespace vgpa

@@ -1,112 +1,35 @@
 // Python bindings of the reprojection-error and unprojection kernels (CPU always, CUDA when
-// compiled in). Pointers are raw addresses; every tensor is laid out by the Python op.
+// compiled in), with named fields (bindings.h). Every tensor is laid out by the Python op.
 #include "bindings.h"
 #include "reprojection_error.h"
 
 namespace vgpa {
 
-namespace {
-
-// ptrs: depth, image, pair_matrices, pair_frames, partials, error_map, valid_mask,
-//       grad_error, grad_map, grad_depth, grad_image (0 where unused)
-ReprojectionErrorArgs reprojection_args(int dtype, const Sizes& sizes, int error, bool strict, bool occlusion,
-                                        double occlusion_tol, const std::vector<uintptr_t>& ptrs,
-                                        const Sizes& depth_strides, const Sizes& image_strides, int64_t chunks,
-                                        int64_t chunk) {
-  if (sizes.size() != 6 || ptrs.size() != 11 || depth_strides.size() != 4 || image_strides.size() != 5)
-    throw std::invalid_argument("reprojection_error: bad argument layout");
-  ReprojectionErrorArgs a{};
-  a.dtype = dtype;
-  a.batch = sizes[0];
-  a.pairs = sizes[1];
-  a.frames = sizes[2];
-  a.height = sizes[3];
-  a.width = sizes[4];
-  a.channels = sizes[5];
-  a.error = error;
-  a.strict = strict;
-  a.occlusion = occlusion;
-  a.occlusion_tol = occlusion_tol;
-  a.depth = ptrs[0];
-  a.image = ptrs[1];
-  a.pair_matrices = ptrs[2];
-  a.pair_frames = ptrs[3];
-  a.partials = ptrs[4];
-  a.error_map = ptrs[5];
-  a.valid_mask = ptrs[6];
-  a.grad_error = ptrs[7];
-  a.grad_map = ptrs[8];
-  a.grad_depth = ptrs[9];
-  a.grad_image = ptrs[10];
-  for (int k = 0; k < 4; ++k) a.depth_strides[k] = depth_strides[k];
-  for (int k = 0; k < 5; ++k) a.image_strides[k] = image_strides[k];
-  a.chunks = chunks;
-  a.chunk = chunk;
-  return a;
-}
-
-UnprojectDepthArgs unproject_args(int dtype, const Sizes& sizes, uintptr_t depth, const Sizes& depth_strides,
-                                  uintptr_t ray_maps, uintptr_t points) {
-  if (sizes.size() != 4 || depth_strides.size() != 4) throw std::invalid_argument("unproject_depth: bad layout");
-  UnprojectDepthArgs a{};
-  a.dtype = dtype;
-  a.frames_total = sizes[0] * sizes[1];
-  a.frames_per_video = sizes[1];
-  a.height = sizes[2];
-  a.width = sizes[3];
-  a.depth = depth;
-  for (int k = 0; k < 4; ++k) a.depth_strides[k] = depth_strides[k];
-  a.ray_maps = ray_maps;
-  a.points = points;
-  return a;
-}
-
-}  // namespace
-
 void bind_reprojection_error(py::module_& m) {
-#if VGPA_BIND_CPU
-  m.def(
-      "reprojection_error_forward_cpu",
-      [](int dtype, const Sizes& sizes, int error, bool strict, bool occlusion, double tol,
-         const std::vector<uintptr_t>& ptrs, const Sizes& ds, const Sizes& is, int64_t chunks, int64_t chunk) {
-        reprojection_error_forward_cpu(reprojection_args(dtype, sizes, error, strict, occlusion, tol, ptrs, ds, is,
-                                                         chunks, chunk));
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "reprojection_error_backward_cpu",
-      [](int dtype, const Sizes& sizes, int error, bool strict, bool occlusion, double tol,
-         const std::vector<uintptr_t>& ptrs, const Sizes& ds, const Sizes& is) {
-        reprojection_error_backward_cpu(reprojection_args(dtype, sizes, error, strict, occlusion, tol, ptrs, ds, is,
-                                                          0, 0));
-      },
-      py::call_guard<py::gil_scoped_release>());
-  m.def(
-      "unproject_depth_cpu",
-      [](int dtype, const Sizes& sizes, uintptr_t depth, const Sizes& ds, uintptr_t ray_maps, uintptr_t points) {
-        unproject_depth_cpu(unproject_args(dtype, sizes, depth, ds, ray_maps, points));
-      },
-      py::call_guard<py::gil_scoped_release>());
-#endif
-#ifdef VGPA_WITH_CUDA
-  m.def("reprojection_error_forward_cuda",
-        [](int dtype, const Sizes& sizes, int error, bool strict, bool occlusion, double tol,
-           const std::vector<uintptr_t>& ptrs, const Sizes& ds, const Sizes& is, int64_t chunks, int64_t chunk,
-           uintptr_t stream) {
-          reprojection_error_forward_cuda(
-              reprojection_args(dtype, sizes, error, strict, occlusion, tol, ptrs, ds, is, chunks, chunk), stream);
-        });
-  m.def("reprojection_error_backward_cuda",
-        [](int dtype, const Sizes& sizes, int error, bool strict, bool occlusion, double tol,
-           const std::vector<uintptr_t>& ptrs, const Sizes& ds, const Sizes& is, uintptr_t stream) {
-          reprojection_error_backward_cuda(
-              reprojection_args(dtype, sizes, error, strict, occlusion, tol, ptrs, ds, is, 0, 0), stream);
-        });
-  m.def("unproject_depth_cuda", [](int dtype, const Sizes& sizes, uintptr_t depth, const Sizes& ds,
-                                   uintptr_t ray_maps, uintptr_t points, uintptr_t stream) {
-    unproject_depth_cuda(unproject_args(dtype, sizes, depth, ds, ray_maps, points), stream);
-  });
-#endif
+  using A = ReprojectionErrorArgs;
+  auto fields = std::make_shared<ArgFields<A>>();
+  fields->add("dtype", &A::dtype).add("batch", &A::batch).add("pairs", &A::pairs).add("frames", &A::frames)
+      .add("height", &A::height).add("width", &A::width).add("channels", &A::channels).add("error", &A::error)
+      .add("strict", &A::strict).add("occlusion", &A::occlusion).add("occlusion_tol", &A::occlusion_tol)
+      .add("depth", &A::depth).add("image", &A::image).add("depth_strides", &A::depth_strides)
+      .add("image_strides", &A::image_strides).add("pair_matrices", &A::pair_matrices)
+      .add("pair_frames", &A::pair_frames).add("partials", &A::partials).add("error_map", &A::error_map)
+      .add("valid_mask", &A::valid_mask).add("chunks", &A::chunks).add("chunk", &A::chunk)
+      .add("grad_error", &A::grad_error).add("grad_map", &A::grad_map).add("grad_depth", &A::grad_depth)
+      .add("grad_image", &A::grad_image);
+  const std::string common =
+      "dtype batch pairs frames height width channels error strict occlusion occlusion_tol depth image? "
+      "depth_strides image_strides? pair_matrices pair_frames ";
+  VGPA_BIND_KERNEL(m, reprojection_error_forward, fields, common + "partials error_map? valid_mask? chunks chunk");
+  VGPA_BIND_KERNEL(m, reprojection_error_backward, fields, common + "grad_error grad_map? grad_depth? grad_image?");
+
+  using U = UnprojectDepthArgs;
+  auto unproject = std::make_shared<ArgFields<U>>();
+  unproject->add("dtype", &U::dtype).add("frames_total", &U::frames_total).add("frames_per_video", &U::frames_per_video)
+      .add("height", &U::height).add("width", &U::width).add("depth", &U::depth)
+      .add("depth_strides", &U::depth_strides).add("ray_maps", &U::ray_maps).add("points", &U::points);
+  VGPA_BIND_KERNEL(m, unproject_depth, unproject,
+                   "dtype frames_total frames_per_video height width depth depth_strides ray_maps points");
 }
 
 }  // namespace vgpa

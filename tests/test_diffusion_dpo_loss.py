@@ -529,10 +529,10 @@ def test_dro_reads_no_reference_and_anchors_in_one_backward_pass(backend, device
     launch_compiled, triton_forward = _backend.launch_compiled, triton_kernels.diffusion_dpo_loss_forward
     grad_kernel = dpo_op._grad_kernel
 
-    def spy_launch(backend_name, name, dev, *args):
+    def spy_launch(backend_name, name, dev, **fields):
         if name == "diffusion_dpo_loss_forward":
-            forward_refs.append(args[2])  # dtype, model, ref, target, ...
-        return launch_compiled(backend_name, name, dev, *args)
+            forward_refs.append(fields.get("ref", 0))  # the kernel's ref field, 0 when left out
+        return launch_compiled(backend_name, name, dev, **fields)
 
     def spy_triton(m, r, *args):
         forward_refs.append(r)

@@ -229,19 +229,20 @@ def dtype_code(dtype: torch.dtype) -> int:
     return DTYPE_CODES[dtype]
 
 
-def launch_compiled(backend: str, name: str, device: torch.device, *args) -> None:
-    """Calls the compiled kernel ``<name>_<backend>`` with ``args`` (raw pointers and sizes).
+def launch_compiled(backend: str, name: str, device: torch.device, **fields) -> None:
+    """Calls the compiled kernel ``<name>_<backend>`` with its argument fields by name (raw
+    addresses, sizes, options; csrc/bindings.h: a missing or unknown field is a TypeError).
 
     "cpu": vgpa._C. "cuda": vgpa._C with the tensors' device current and torch's current stream
     on it (tensors on cuda:1 work whatever device is current), or, for CPU tensors under
     ``VGPA_CUDA_EMULATION=1``, the same kernels in vgpa._C_cuda_emu.
     """
     if backend == "cpu":
-        getattr(extension(), f"{name}_cpu")(*args)
+        getattr(extension(), f"{name}_cpu")(**fields)
     elif backend != "cuda":
         raise ValueError(f"no compiled kernels for backend {backend!r}")
     elif device.type == "cpu":
-        getattr(emulation_module(), f"{name}_cuda")(*args, 0)
+        getattr(emulation_module(), f"{name}_cuda")(stream=0, **fields)
     else:
         with torch.cuda.device(device):
-            getattr(extension(), f"{name}_cuda")(*args, torch.cuda.current_stream(device).cuda_stream)
+            getattr(extension(), f"{name}_cuda")(stream=torch.cuda.current_stream(device).cuda_stream, **fields)

@@ -40,9 +40,5 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
   m.def("selftest_launch", &vgpa::emulation_selftest::run, py::arg("kernel"), py::arg("grid"), py::arg("block"),
         py::arg("dynamic_shared"), py::arg("input"), py::arg("output"), py::arg("n"),
         "Launches one of the deliberately broken (or correct twin) kernels of csrc/emulation/selftest.cu.");
-  vgpa::bind_diffusion_dpo_loss(m);
-  vgpa::bind_epipolar(m);
-  vgpa::bind_normal_stability(m);
-  vgpa::bind_render_points(m);
-  vgpa::bind_reprojection_error(m);
+  vgpa::bind_ops(m);  // every op of VGPA_OPS (bindings.h)
 }

@@ -96,6 +96,19 @@ def _num_chunks(sizes, segments, chunk):
 # Backend implementations
 
 
+def _launch(backend, name, m, t, w, sizes, strides, segments, chunk, **more):
+    """Calls the compiled kernel ``<name>_cpu`` or ``<name>_cuda`` of csrc/diffusion_dpo_loss with its
+    fields by name; ``more``: the kernel's own tensors (None: absent) and numbers, strides as tuples."""
+    fields = {key: value.data_ptr() if isinstance(value, torch.Tensor) else list(value) if isinstance(value, tuple)
+              else value for key, value in more.items() if value is not None}
+    if w is not None:
+        fields["weight"] = w.data_ptr()
+    _backend.launch_compiled(backend, name, m.device, dtype=_backend.dtype_code(m.dtype), samples=m.shape[0],
+                             segments=segments, sizes=list(sizes), chunk=chunk, model=m.data_ptr(),
+                             model_strides=list(strides[0]), target=t.data_ptr(), target_strides=list(strides[2]),
+                             weight_strides=list(strides[3]), **fields)
+
+
 def _errors_kernel(backend, model_pred, ref_pred, target, weight, segments, frame_dim):
     n = model_pred.shape[0]
     acc = reference.accumulation_dtype(model_pred.dtype)
@@ -108,11 +121,9 @@ def _errors_kernel(backend, model_pred, ref_pred, target, weight, segments, fram
 
         diffusion_dpo_loss_forward(m, r, t, w, partials, sizes, strides, segments, chunk)
     else:
-        # A null ref pointer: the kernels read model_pred and target only.
-        args = (_backend.dtype_code(m.dtype), m.data_ptr(), 0 if r is None else r.data_ptr(), t.data_ptr(),
-                0 if w is None else w.data_ptr(), partials.data_ptr(), n, segments, chunks, chunk,
-                list(sizes), [list(s) for s in strides])
-        _backend.launch_compiled(backend, "diffusion_dpo_loss_forward", m.device, *args)
+        # No ref (reference-free): the kernels read model_pred and target only.
+        _launch(backend, "diffusion_dpo_loss_forward", m, t, w, sizes, strides, segments, chunk,
+                ref=r, ref_strides=strides[1], partials=partials, chunks=chunks)
     sums = partials.sum(1).view(n, segments, 3)
     if w is None:
         weight_sum = torch.tensor(_segment_counts(model_pred.shape, frame_dim, segments), dtype=acc,
@@ -129,16 +140,13 @@ def _grad_kernel(backend, scale, model_pred, target, weight, segments, frame_dim
     # g is grad itself, or a contiguous buffer when the layout had to fall back to copies.
     (m, g, t, w), sizes, strides = _kernel_layout(model_pred, grad, target, weight, frame_dim, segments)
     scale = scale.contiguous()
-    n = m.shape[0]
     if backend == "triton":
         from ..kernels.diffusion_dpo_loss import diffusion_dpo_loss_backward
 
         diffusion_dpo_loss_backward(scale, m, t, w, g, sizes, strides, segments)
     else:
-        args = (_backend.dtype_code(m.dtype), scale.data_ptr(), m.data_ptr(), t.data_ptr(),
-                0 if w is None else w.data_ptr(), g.data_ptr(), n, segments, CHUNK[backend], list(sizes),
-                [list(s) for s in strides])
-        _backend.launch_compiled(backend, "diffusion_dpo_loss_backward", m.device, *args)
+        _launch(backend, "diffusion_dpo_loss_backward", m, t, w, sizes, strides, segments, CHUNK[backend],
+                grad=g, grad_strides=strides[1], scale=scale)
     return g
 
 

@@ -80,13 +80,15 @@ def _check_matches(op, fundamental, x1, x2, counts, capacity, f_dims):
     return offsets, max(values, default=0)
 
 
-def _compiled_args(dtype, sizes, squared, limit, *tensors):
-    """The bound arguments of the csrc/epipolar kernels: dtype code, sizes (pairs, hypotheses,
-    rows, max_count, chunk, chunks), the squared flag, threshold^2 and the 11 raw addresses
-    (fundamental, x1, x2, offsets, counts, distance, inliers, grad_distance, grad_partials,
-    grad_x1, grad_x2; 0 where unused)."""
-    return (_backend.dtype_code(dtype), list(sizes), squared, limit,
-            [0 if t is None else t.data_ptr() for t in tensors])
+def _launch(backend, name, fundamental, x1, x2, offsets, counts, max_count, *, sizes=(), **buffers):
+    """Calls the compiled kernel ``<name>_cpu`` or ``<name>_cuda`` of csrc/epipolar with its fields
+    by name: the matches' fields, ``sizes`` (the kernel's other numbers) and ``buffers`` (its own
+    tensors)."""
+    _backend.launch_compiled(backend, name, x1.device, dtype=_backend.dtype_code(x1.dtype), pairs=counts.shape[0],
+                             hypotheses=fundamental.shape[1] if fundamental.dim() == 4 else 1, rows=x1.shape[0],
+                             max_count=max_count, fundamental=fundamental.data_ptr(), x1=x1.data_ptr(),
+                             x2=x2.data_ptr(), offsets=offsets.data_ptr(), counts=counts.data_ptr(), **dict(sizes),
+                             **{field: t.data_ptr() for field, t in buffers.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,10 +109,8 @@ def _sampson_op(fundamental: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, cap
 
         sampson_distance_forward(fundamental, x1, x2, offsets, counts, out, max_count, squared)
     else:
-        sizes = (counts.shape[0], 1, x1.shape[0], max_count, 0, 0)
-        _backend.launch_compiled(backend, "sampson_distance_forward", x1.device,
-                                 *_compiled_args(x1.dtype, sizes, squared, 0.0, fundamental, x1, x2, offsets, counts,
-                                                 out, None, None, None, None, None))
+        _launch(backend, "sampson_distance_forward", fundamental, x1, x2, offsets, counts, max_count,
+                sizes={"squared": squared}, distance=out)
     return out
 
 
@@ -140,10 +140,9 @@ def _sampson_backward_op(grad: Tensor, fundamental: Tensor, x1: Tensor, x2: Tens
         sampson_distance_backward(fundamental, x1, x2, offsets, counts, grad, partials, grad_x1, grad_x2, chunk,
                                   squared)
     else:
-        sizes = (pairs, 1, x1.shape[0], max_count, chunk, chunks)
-        _backend.launch_compiled(backend, "sampson_distance_backward", x1.device,
-                                 *_compiled_args(x1.dtype, sizes, squared, 0.0, fundamental, x1, x2, offsets, counts,
-                                                 None, None, grad, partials, grad_x1, grad_x2))
+        _launch(backend, "sampson_distance_backward", fundamental, x1, x2, offsets, counts, max_count,
+                sizes={"squared": squared, "chunk": chunk, "chunks": chunks}, grad_distance=grad, grad_partials=partials,
+                grad_x1=grad_x1, grad_x2=grad_x2)
     return partials.sum(1).view(pairs, 3, 3), grad_x1, grad_x2
 
 
@@ -189,10 +188,8 @@ def _ransac_op(hypotheses: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, capac
 
         ransac_inlier_count(hypotheses, x1, x2, offsets, counts, inliers, limit)
     else:
-        sizes = (pairs, count, x1.shape[0], max_count, 0, 0)
-        _backend.launch_compiled(backend, "ransac_inlier_count", x1.device,
-                                 *_compiled_args(x1.dtype, sizes, False, limit, hypotheses, x1, x2, offsets, counts,
-                                                 None, inliers, None, None, None, None))
+        _launch(backend, "ransac_inlier_count", hypotheses, x1, x2, offsets, counts, max_count,
+                sizes={"threshold_squared": limit}, inliers=inliers)
     return inliers
 
 

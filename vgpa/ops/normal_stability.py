@@ -30,10 +30,6 @@ FLOAT_DTYPES = _checks.FLOAT_DTYPES
 CHUNK = {"cpu": 4096, "cuda": 4096, "triton": 4096}
 
 # Raw addresses the C++ bindings take, in their order (csrc/normal_stability_bindings.cpp).
-_POINTERS = ("depth", "inverse_intrinsics", "rotations", "pair_matrices", "pair_frames", "normals", "normals_valid",
-             "partials", "error_map", "valid_mask", "grad_error", "grad_map", "grad_normals", "grad_depth")
-
-
 @dataclass
 class DepthToNormalsResult:
     """Output of :func:`depth_to_normals`.
@@ -66,14 +62,20 @@ class NormalStabilityResult:
 # Backend launches. depth is always (B, T, H, W) here (depth_to_normals: T = 1).
 
 
-def _launch(backend, name, depth, pairs=0, warp=False, occlusion_tol=None, chunks=0, chunk=0, **tensors):
-    """Calls the compiled kernel ``<name>_cpu`` or ``<name>_cuda`` of csrc/normal_stability."""
+def _launch(backend, name, depth, *, sizes=(), **buffers):
+    """Calls the compiled kernel ``<name>_cpu`` or ``<name>_cuda`` of csrc/normal_stability with its
+    fields by name; ``buffers``: the kernel's tensors (None: absent), ``sizes``: its other fields."""
     batch, frames, height, width = depth.shape
-    ptrs = [0 if tensors.get(k) is None else tensors[k].data_ptr() for k in _POINTERS[1:]]
-    args = (_backend.dtype_code(depth.dtype), [batch, frames, pairs, height, width], bool(warp),
-            occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
-            [depth.data_ptr()] + ptrs, list(depth.stride()), chunks, chunk)
-    _backend.launch_compiled(backend, name, depth.device, *args)
+    _backend.launch_compiled(backend, name, depth.device, dtype=_backend.dtype_code(depth.dtype), batch=batch,
+                             frames=frames, height=height, width=width, depth=depth.data_ptr(),
+                             depth_strides=list(depth.stride()), **dict(sizes),
+                             **{field: t.data_ptr() for field, t in buffers.items() if t is not None})
+
+
+def _pair_sizes(pairs, warp, occlusion_tol, **more) -> dict:
+    """The fields of the pair kernels besides their tensors."""
+    return dict(pairs=pairs.shape[0], warp=bool(warp), occlusion=occlusion_tol is not None,
+                occlusion_tol=0.0 if occlusion_tol is None else float(occlusion_tol), **more)
 
 
 def _normals_kernel(backend, depth, kinv):
@@ -111,8 +113,8 @@ def _stability_kernel(backend, depth, kinv, rotations, pair_matrices, pairs, war
         normal_stability_forward(depth, kinv, rotations, pair_matrices, pairs, out.partials, out.error_map,
                                  out.valid_mask, warp, occlusion_tol, out.chunk)
     else:
-        _launch(backend, "normal_stability_forward", depth, pairs.shape[0], warp, occlusion_tol, out.chunks, out.chunk,
-                inverse_intrinsics=kinv, rotations=rotations, pair_matrices=pair_matrices, pair_frames=pairs,
+        _launch(backend, "normal_stability_forward", depth,
+                sizes=_pair_sizes(pairs, warp, occlusion_tol, chunks=out.chunks, chunk=out.chunk), inverse_intrinsics=kinv, rotations=rotations, pair_matrices=pair_matrices, pair_frames=pairs,
                 partials=out.partials, error_map=out.error_map, valid_mask=out.valid_mask)
     return _pairwise.reduce_scores(depth, pairs, out)
 
@@ -127,7 +129,7 @@ def _stability_backward_kernel(backend, grad_error, grad_map, depth, kinv, rotat
         normal_stability_backward(depth, kinv, rotations, pair_matrices, pairs, grad_error, grad_map, grad_normals,
                                   warp, occlusion_tol)
     else:
-        _launch(backend, "normal_stability_backward", depth, pairs.shape[0], warp, occlusion_tol,
+        _launch(backend, "normal_stability_backward", depth, sizes=_pair_sizes(pairs, warp, occlusion_tol),
                 inverse_intrinsics=kinv, rotations=rotations, pair_matrices=pair_matrices, pair_frames=pairs,
                 grad_error=grad_error, grad_map=grad_map, grad_normals=grad_normals)
     return _normals_backward_kernel(backend, depth, kinv, grad_normals).view(depth.shape)

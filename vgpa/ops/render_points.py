@@ -125,9 +125,11 @@ def _zbuffer(backend, points, offsets, counts, rows, height, width, max_count):
 
         render_points_zbuffer(points, offsets, counts, rows, keys, max_count)
     else:
-        args = (_backend.dtype_code(points.dtype), points.data_ptr(), offsets.data_ptr(), counts.data_ptr(),
-                rows.data_ptr(), keys.data_ptr(), [videos, frames, height, width, 0, max_count])
-        _backend.launch_compiled(backend, "render_points_zbuffer", points.device, *args)
+        _backend.launch_compiled(backend, "render_points_zbuffer", points.device, videos=videos, frames=frames,
+                                 height=height, width=width, max_count=max_count,
+                                 points_dtype=_backend.dtype_code(points.dtype), points=points.data_ptr(),
+                                 offsets=offsets.data_ptr(), counts=counts.data_ptr(), rows=rows.data_ptr(),
+                                 keys=keys.data_ptr())
     return keys
 
 
@@ -143,11 +145,13 @@ def _render_kernel(backend, points, colors, offsets, counts, rows, background, h
 
         render_points_resolve(keys, points, colors, offsets, rows, background, image, depth, coverage)
     else:
-        args = (_backend.dtype_code(points.dtype), _backend.dtype_code(colors.dtype), keys.data_ptr(),
-                points.data_ptr(), colors.data_ptr(), offsets.data_ptr(), rows.data_ptr(), background.data_ptr(),
-                image.data_ptr(), depth.data_ptr(), coverage.data_ptr(),
-                [videos, frames, height, width, channels, max_count])
-        _backend.launch_compiled(backend, "render_points_resolve", points.device, *args)
+        _backend.launch_compiled(backend, "render_points_resolve", points.device, videos=videos, frames=frames,
+                                 height=height, width=width, max_count=max_count, channels=channels,
+                                 points_dtype=_backend.dtype_code(points.dtype),
+                                 colors_dtype=_backend.dtype_code(colors.dtype), keys=keys.data_ptr(),
+                                 points=points.data_ptr(), colors=colors.data_ptr(), offsets=offsets.data_ptr(),
+                                 rows=rows.data_ptr(), background=background.data_ptr(), image=image.data_ptr(),
+                                 depth=depth.data_ptr(), coverage=coverage.data_ptr())
     return image, depth, coverage.view(torch.bool)
 
 
@@ -165,10 +169,13 @@ def _consistency_kernel(backend, points, colors, offsets, counts, rows, frames, 
 
         render_consistency(keys, colors, offsets, background, frames, squared, covered, chunk, masked)
     else:
-        args = (_backend.dtype_code(colors.dtype), keys.data_ptr(), colors.data_ptr(), offsets.data_ptr(),
-                background.data_ptr(), frames.data_ptr(), squared.data_ptr(), covered.data_ptr(),
-                [videos, steps, height, width, channels, max_count], chunks, chunk, masked)
-        _backend.launch_compiled(backend, "render_consistency", points.device, *args)
+        _backend.launch_compiled(backend, "render_consistency", points.device, videos=videos, frames=steps,
+                                 height=height, width=width, max_count=max_count, channels=channels,
+                                 colors_dtype=_backend.dtype_code(colors.dtype), keys=keys.data_ptr(),
+                                 colors=colors.data_ptr(), offsets=offsets.data_ptr(),
+                                 background=background.data_ptr(), target=frames.data_ptr(),
+                                 squared_partials=squared.data_ptr(), covered_partials=covered.data_ptr(),
+                                 chunks=chunks, chunk=chunk, masked=masked)
     squared = squared.sum(1).view(videos, steps)
     n_covered = covered.sum(1).view(videos, steps).to(acc)
     mse = squared / (n_covered * channels if masked else hw * channels)

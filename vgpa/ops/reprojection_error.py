@@ -49,18 +49,20 @@ class ReprojectionErrorResult:
 # Backend implementations
 
 
-def _launch(backend, name, depth, image, pair_matrices, pairs, code, strict, occlusion_tol, *extra, **named):
+def _launch(backend, name, depth, image, pair_matrices, pairs, code, strict, occlusion_tol, *, sizes=(), **buffers):
     """Calls the compiled kernel ``<name>_cpu`` or ``<name>_cuda`` of csrc/reprojection_error with
-    the 11 raw addresses it takes, in their order (0 for absent tensors); extra: trailing
-    arguments (the forward's chunking)."""
-    order = ("partials", "error_map", "valid_mask", "grad_error", "grad_map", "grad_depth", "grad_image")
-    tensors = [depth, image, pair_matrices, pairs] + [named.get(k) for k in order]
+    its fields by name; ``buffers``: the kernel's own tensors (None: absent), ``sizes``: its
+    other numbers (the forward's chunking)."""
     b, t, h, w = depth.shape
-    args = (_backend.dtype_code(depth.dtype), [b, pairs.shape[0], t, h, w, 1 if image is None else image.shape[2]],
-            code, strict, occlusion_tol is not None, 0.0 if occlusion_tol is None else float(occlusion_tol),
-            [0 if x is None else x.data_ptr() for x in tensors], list(depth.stride()),
-            [0] * 5 if image is None else list(image.stride())) + extra
-    _backend.launch_compiled(backend, name, depth.device, *args)
+    fields = dict(dtype=_backend.dtype_code(depth.dtype), batch=b, pairs=pairs.shape[0], frames=t, height=h, width=w,
+                  channels=1 if image is None else image.shape[2], error=code, strict=strict,
+                  occlusion=occlusion_tol is not None, occlusion_tol=0.0 if occlusion_tol is None else float(occlusion_tol),
+                  depth=depth.data_ptr(), depth_strides=list(depth.stride()), pair_matrices=pair_matrices.data_ptr(),
+                  pair_frames=pairs.data_ptr(), **dict(sizes),
+                  **{name: tensor.data_ptr() for name, tensor in buffers.items() if tensor is not None})
+    if image is not None:
+        fields.update(image=image.data_ptr(), image_strides=list(image.stride()))
+    _backend.launch_compiled(backend, name, depth.device, **fields)
 
 
 def _forward_kernel(backend, depth, image, pair_matrices, pairs, error, validity, occlusion_tol, return_map):
@@ -73,7 +75,8 @@ def _forward_kernel(backend, depth, image, pair_matrices, pairs, error, validity
                                    code, strict, occlusion_tol, out.chunk)
     else:
         _launch(backend, "reprojection_error_forward", depth, image, pair_matrices, pairs, code, strict, occlusion_tol,
-                out.chunks, out.chunk, partials=out.partials, error_map=out.error_map, valid_mask=out.valid_mask)
+                sizes={"chunks": out.chunks, "chunk": out.chunk}, partials=out.partials, error_map=out.error_map,
+                valid_mask=out.valid_mask)
     return _pairwise.reduce_scores(depth, pairs, out)
 
 
@@ -199,9 +202,11 @@ def _unproject_op(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend
 
         unproject_depth(depth, maps, points)
     else:
-        args = (_backend.dtype_code(depth.dtype), list(depth.shape), depth.data_ptr(), list(depth.stride()),
-                maps.data_ptr(), points.data_ptr())
-        _backend.launch_compiled(backend, "unproject_depth", depth.device, *args)
+        b, t, h, w = depth.shape
+        _backend.launch_compiled(backend, "unproject_depth", depth.device, dtype=_backend.dtype_code(depth.dtype),
+                                 frames_total=b * t, frames_per_video=t, height=h, width=w, depth=depth.data_ptr(),
+                                 depth_strides=list(depth.stride()), ray_maps=maps.data_ptr(),
+                                 points=points.data_ptr())
     return points, ray_maps
 
 
