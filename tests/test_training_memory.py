@@ -157,3 +157,4 @@ def test_low_memory_step_under_ddp_synchronises_once():
         low = vt.diffusion_dpo_step_low_memory(ddp, batch, scheduler=scheduler, generator=replay(), beta=2.0)
         assert plain_reductions and reductions == plain_reductions
         _assert_same_step(plain, low, plain_grads, _grads(params))
+
