@@ -17,7 +17,8 @@ import torch
 
 from . import timing
 
-MODES = ("fwd", "fwd+bwd")
+# "step": the call is a whole training step, its own backward pass included
+MODES = ("fwd", "fwd+bwd", "step")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class Impl:
     # replaces the entry's check for a peer that computes a close variant of the op (its
     # docstring says why and how close)
     agree: Callable[[Any, Any], None] | None = None
+    # inputs -> MiB it holds across calls besides the shared inputs (a reference model's copy), made
+    # by ``make`` before the peak is measured: added to the call's peak memory
+    held_mib: Callable[[Any], float] | None = None
 
 
 @dataclass
@@ -201,13 +205,16 @@ def inputs_for(entry: Entry, size: Size, device: torch.device):
 
 def make_step(entry: Entry, forward: Callable, inputs, mode: str) -> Callable[[], object]:
     """The timed call: the forward under no_grad, or forward and backward of loss_of(output)
-    with the input gradient reset first. It returns the output (and the input gradient), which
-    the timing ignores and the instruction counter's output check reads."""
+    with the input gradient reset first, or (mode "step") the call itself, which runs its own
+    backward. It returns the output (and the input gradient), which the timing ignores and the
+    instruction counter's output check reads."""
     if mode == "fwd":
         def step():
             with torch.no_grad():
                 return forward()
         return step
+    if mode == "step":
+        return forward
     if mode != "fwd+bwd":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     leaf = entry.grad_input(inputs)
@@ -244,6 +251,8 @@ def run_case(benchmark, entry: Entry, case: Case, device: torch.device, min_roun
     timing.synchronize(device)
     estimate = time.perf_counter() - start
     peak = timing.peak_mib(step, device)
+    if peak is not None and impl.held_mib is not None:
+        peak += impl.held_mib(inputs)
 
     benchmark.group = f"{entry.op} {case.mode} {case.size.label}"
     benchmark.extra_info.update({

@@ -21,7 +21,8 @@ import torch
 from . import report
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-OPS = ("diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar")  # bench_<op>.py
+OPS = ("diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar",
+       "dpo_training_step")  # bench_<op>.py
 
 # The bench's own pytest configuration. bench/ has no __init__.py (it must not shadow an installed
 # `bench` module from the checkout's root), so pytest finds vgpa.bench as a namespace package.

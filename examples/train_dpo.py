@@ -125,6 +125,8 @@ def parse_args(argv=None):
     train.add_argument("--max-train-steps", type=int, help=mode_help("optimizer steps", "max_train_steps"))
     train.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
     train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    train.add_argument("--low-memory", action="store_true",
+                       help="one sample's activations at a time (docs/training_memory.md); same gradients")
     train.add_argument("--learning-rate", type=float, help=mode_help("AdamW learning rate", "learning_rate"))
     train.add_argument("--lr-scheduler", default="cosine", help="diffusers.optimization.get_scheduler name")
     train.add_argument("--lr-warmup-steps", type=int, help=mode_help("warm-up steps", "lr_warmup_steps"))
@@ -401,12 +403,16 @@ def main(args):
                 beta = None if reference_free else vt.scheduled_beta(
                     args.beta, args.beta_schedule, timesteps, prediction_type=prediction_type,
                     scheduler=noise_scheduler, flow_shift=args.flow_shift)
-                result = vt.diffusion_dpo_step(
-                    transformer, batch, beta=beta, loss_type=args.loss_type,
-                    label_smoothing=args.label_smoothing, sft_weight=args.sft_weight, backend=args.backend,
-                    scheduler=noise_scheduler, prediction_type=prediction_type, flow_shift=args.flow_shift,
-                    timesteps=timesteps, dtype=weight_dtype)
-                accelerator.backward(result.loss)
+                step = dict(beta=beta, loss_type=args.loss_type, label_smoothing=args.label_smoothing,
+                            sft_weight=args.sft_weight, backend=args.backend, scheduler=noise_scheduler,
+                            prediction_type=prediction_type, flow_shift=args.flow_shift, timesteps=timesteps,
+                            dtype=weight_dtype)
+                if args.low_memory:  # runs the backward passes itself
+                    result = vt.diffusion_dpo_step_low_memory(transformer, batch, backward=accelerator.backward,
+                                                              **step)
+                else:
+                    result = vt.diffusion_dpo_step(transformer, batch, **step)
+                    accelerator.backward(result.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(lora_parameters, args.max_grad_norm)
                 optimizer.step()

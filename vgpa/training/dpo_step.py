@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import torch
@@ -25,7 +25,6 @@ from ..ops.diffusion_dpo_loss import DiffusionDPOLossResult, diffusion_dpo_loss
 from ..reference.diffusion_dpo_loss import REFERENCE_FREE_LOSS_TYPES
 from .recipe import (BETA_SCHEDULES, COGVIDEOX_OFS, FLOW_NUM_TIMESTEPS, PREDICTION_TYPES, SCHEDULER_PREDICTION_TYPES,
                      WAN_FLOW_SHIFT)
-
 
 
 @dataclass
@@ -454,6 +453,34 @@ def lora_disabled(model):
         module.enable_adapters()
 
 
+def _prepare_pair(transformer, batch: PreferenceBatch, *, reference, scheduler, prediction_type, flow_shift,
+                  generator, timesteps, noise, dtype, with_reference: bool):
+    """Checks the models and the batch, noises the pairs and builds the transformer's inputs:
+    (inputs, target, weight, frame_dim), the inputs holding the 2B samples, winners first."""
+    if not with_reference and reference is not None:
+        raise ValueError("with_reference=False runs no reference model; do not pass reference=")
+    family = model_family(transformer)
+    if reference is not None and model_family(reference) != family:
+        raise TypeError(f"the reference is a {model_family(reference)} model but the policy is {family}")
+    _check_batch(batch)
+    prediction_type = resolve_prediction_type(family, scheduler, prediction_type)
+    module = _unwrap(transformer)
+    noised = add_noise_pair(batch.winner_latents, batch.loser_latents, prediction_type=prediction_type,
+                            scheduler=scheduler, flow_shift=flow_shift, generator=generator,
+                            timesteps=timesteps, noise=noise)
+    build = _cogvideox_inputs if family == "cogvideox" else _wan_inputs
+    return build(module, noised, batch, dtype or module.dtype)
+
+
+def _reference_forward(transformer, reference, inputs) -> Tensor:
+    """The reference's prediction without grad: ``reference``, or the policy with its adapters off."""
+    with torch.no_grad():
+        if reference is None:
+            with lora_disabled(transformer):
+                return _forward(extract_model_from_parallel(transformer), inputs)
+        return _forward(reference, inputs)
+
+
 def predict_pair(transformer, batch: PreferenceBatch, *, reference=None, scheduler=None,
                  prediction_type: Optional[str] = None, flow_shift: float = WAN_FLOW_SHIFT,
                  generator: Optional[torch.Generator] = None, timesteps: Optional[Tensor] = None,
@@ -469,30 +496,22 @@ def predict_pair(transformer, batch: PreferenceBatch, *, reference=None, schedul
     see :func:`add_noise_pair` and :func:`resolve_prediction_type`. dtype: the dtype the
     transformer is fed (default: its parameters').
     """
-    if not with_reference and reference is not None:
-        raise ValueError("with_reference=False runs no reference model; do not pass reference=")
-    family = model_family(transformer)
-    if reference is not None and model_family(reference) != family:
-        raise TypeError(f"the reference is a {model_family(reference)} model but the policy is {family}")
-    _check_batch(batch)
-    prediction_type = resolve_prediction_type(family, scheduler, prediction_type)
-    module = _unwrap(transformer)
-    noised = add_noise_pair(batch.winner_latents, batch.loser_latents, prediction_type=prediction_type,
-                            scheduler=scheduler, flow_shift=flow_shift, generator=generator,
-                            timesteps=timesteps, noise=noise)
-    build = _cogvideox_inputs if family == "cogvideox" else _wan_inputs
-    inputs, target, weight, frame_dim = build(module, noised, batch, dtype or module.dtype)
-
-    ref_pred = None
-    if with_reference:
-        with torch.no_grad():
-            if reference is None:
-                with lora_disabled(transformer):
-                    ref_pred = _forward(extract_model_from_parallel(transformer), inputs)
-            else:
-                ref_pred = _forward(reference, inputs)
+    inputs, target, weight, frame_dim = _prepare_pair(
+        transformer, batch, reference=reference, scheduler=scheduler, prediction_type=prediction_type,
+        flow_shift=flow_shift, generator=generator, timesteps=timesteps, noise=noise, dtype=dtype,
+        with_reference=with_reference)
+    ref_pred = _reference_forward(transformer, reference, inputs) if with_reference else None
     model_pred = _forward(transformer, inputs)
     return PairPredictions(model_pred, ref_pred, target, weight, frame_dim)
+
+
+def _uses_reference(loss_type: str, reference) -> bool:
+    """Whether ``loss_type`` runs a reference; a reference-free one must not be given one."""
+    if loss_type not in REFERENCE_FREE_LOSS_TYPES:
+        return True
+    if reference is not None:
+        raise ValueError(f"loss_type={loss_type!r} uses no reference model; do not pass reference=")
+    return False
 
 
 def diffusion_dpo_step(transformer, batch: PreferenceBatch, *, beta: Union[float, Tensor, None] = 1.0,
@@ -505,13 +524,134 @@ def diffusion_dpo_step(transformer, batch: PreferenceBatch, *, beta: Union[float
     :func:`vgpa.diffusion_dpo_loss` (beta, loss_type, label_smoothing, sft_weight, segments,
     backend). beta: a number or a (B,) tensor, one value per pair (see :func:`scheduled_beta`).
     A reference-free ``loss_type`` ("dro") runs no reference forward pass at all (and takes no
-    ``reference=``). Call ``.loss.backward()`` (or ``accelerator.backward``) on the result."""
-    reference_free = loss_type in REFERENCE_FREE_LOSS_TYPES
-    if reference_free and reference is not None:
-        raise ValueError(f"loss_type={loss_type!r} uses no reference model; do not pass reference=")
+    ``reference=``). Call ``.loss.backward()`` (or ``accelerator.backward``) on the result.
+    :func:`diffusion_dpo_step_low_memory` is the same step, forward and backward, holding one
+    sample's activations at a time."""
+    with_reference = _uses_reference(loss_type, reference)
     pred = predict_pair(transformer, batch, reference=reference, scheduler=scheduler,
                         prediction_type=prediction_type, flow_shift=flow_shift, generator=generator,
-                        timesteps=timesteps, noise=noise, dtype=dtype, with_reference=not reference_free)
+                        timesteps=timesteps, noise=noise, dtype=dtype, with_reference=with_reference)
     return diffusion_dpo_loss(pred.model_pred, pred.ref_pred, pred.target, beta=beta, loss_type=loss_type,
                               label_smoothing=label_smoothing, sft_weight=sft_weight, weight=pred.weight,
                               segments=segments, frame_dim=pred.frame_dim, backend=backend)
+
+
+# --------------------------------------------------------------------------------------------
+# Low-memory step: one sample's activations at a time
+
+# Transformer inputs with one entry per sample; the others (CogVideoX's rotary embeddings) are
+# shared by all samples.
+_PER_SAMPLE_INPUTS = ("hidden_states", "encoder_hidden_states", "timestep", "ofs")
+
+
+def _sample_inputs(inputs: dict, s: int) -> dict:
+    return {key: value[s:s + 1] if key in _PER_SAMPLE_INPUTS else value for key, value in inputs.items()}
+
+
+def _rng_state(device: torch.device) -> tuple:
+    """The generator states a forward pass draws from (dropout): the CPU's and the device's."""
+    if device.type == "cpu":
+        return (torch.get_rng_state(), None)
+    return (torch.get_rng_state(), torch.get_device_module(device.type).get_rng_state(device))
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.get_device_module(device.type).set_rng_state(state[1], device)
+
+
+def _gradient_sync_control(transformer):
+    """A context manager that keeps a backward pass from synchronising gradients across
+    processes: DDP's ``no_sync``, nothing for a model on one process. Sharded and engine
+    wrappers are refused: their backward passes are not checked here."""
+    if type(transformer).__name__ == "DeepSpeedEngine":
+        raise NotImplementedError("diffusion_dpo_step_low_memory does not support DeepSpeed (its engine runs "
+                                  "one backward pass per step); use diffusion_dpo_step")
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        if any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in transformer.modules()):
+            raise NotImplementedError("diffusion_dpo_step_low_memory does not support FSDP-sharded models; use "
+                                      "diffusion_dpo_step (with gradient checkpointing)")
+        if isinstance(transformer, torch.nn.parallel.DistributedDataParallel):
+            return transformer.no_sync
+    return contextlib.nullcontext
+
+
+def diffusion_dpo_step_low_memory(transformer, batch: PreferenceBatch, *, backward=None,
+                                  beta: Union[float, Tensor, None] = 1.0, loss_type: str = "sigmoid",
+                                  label_smoothing: float = 0.0, sft_weight: float = 0.0, segments: int = 1,
+                                  backend: str = "auto", reference=None, scheduler=None,
+                                  prediction_type: Optional[str] = None, flow_shift: float = WAN_FLOW_SHIFT,
+                                  generator: Optional[torch.Generator] = None, timesteps: Optional[Tensor] = None,
+                                  noise: Optional[Tensor] = None,
+                                  dtype: Optional[torch.dtype] = None) -> DiffusionDPOLossResult:
+    """One Diffusion-DPO step, forward *and backward*, holding at most one sample's activations.
+
+    The same step as :func:`diffusion_dpo_step` (same arguments, same loss and metrics, the same
+    gradients to float rounding), run sample by sample: each of the 2B samples goes through the
+    reference and, without grad, through the policy (the last one with grad, kept); the fused
+    loss on these predictions gives dL/dpred of every sample; the kept sample is back-propagated,
+    then every other sample is run again with grad and back-propagated alone with its dL/dpred
+    (the random state of its first pass restored, so dropout draws the same masks). The policy
+    runs 2B - 1 more forward passes than in the plain step; activation memory is one sample's.
+    With ``transformer.enable_gradient_checkpointing()`` it is one sample's layer inputs plus
+    one layer's activations.
+
+    The gradients are accumulated into the parameters' ``.grad`` here, by ``backward(scalar)``
+    once per sample: ``Tensor.backward`` by default, or ``accelerator.backward`` for accelerate,
+    whose scaling (1 / gradient_accumulation_steps, the fp16 gradient scaler) applies to each
+    call and so to the sum. Under DDP every backward pass but the last runs inside ``no_sync``:
+    gradients are all-reduced once per step, as in the plain step (and not at all inside
+    accelerate's ``accumulate`` on a micro-batch that does not sync). FSDP and DeepSpeed are not
+    supported (NotImplementedError). The returned loss is detached: do not back-propagate it.
+    """
+    with_reference = _uses_reference(loss_type, reference)
+    if backward is None:
+        backward = Tensor.backward
+    elif not callable(backward):
+        raise TypeError(f"backward must be a function of a scalar loss (e.g. accelerator.backward), got "
+                        f"{type(backward).__name__}")
+    sync_control = _gradient_sync_control(transformer)
+    inputs, target, weight, frame_dim = _prepare_pair(
+        transformer, batch, reference=reference, scheduler=scheduler, prediction_type=prediction_type,
+        flow_shift=flow_shift, generator=generator, timesteps=timesteps, noise=noise, dtype=dtype,
+        with_reference=with_reference)
+    samples = target.shape[0]
+    kept = samples - 1
+    device = inputs["hidden_states"].device
+    rng_states, model_preds, ref_preds = [], [], []
+
+    def backward_sample(pred: Tensor, grad: Tensor) -> None:
+        # d(sum(pred * grad)) / d pred = grad exactly: the loss's gradient flows into this sample.
+        backward((pred * grad).sum())
+
+    def recompute(s: int, grad: Tensor) -> None:
+        _set_rng_state(device, rng_states[s])
+        backward_sample(_forward(transformer, _sample_inputs(inputs, s)), grad[s:s + 1])
+
+    with sync_control():
+        for s in range(samples):
+            sample = _sample_inputs(inputs, s)
+            if with_reference:
+                ref_preds.append(_reference_forward(transformer, reference, sample))
+            if s == kept:
+                kept_pred = _forward(transformer, sample)
+                model_preds.append(kept_pred.detach())
+            else:
+                rng_states.append(_rng_state(device))
+                with torch.no_grad():
+                    model_preds.append(_forward(transformer, sample))
+        model_pred = torch.cat(model_preds).requires_grad_()
+        result = diffusion_dpo_loss(model_pred, torch.cat(ref_preds) if with_reference else None, target,
+                                    beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+                                    sft_weight=sft_weight, weight=weight, segments=segments, frame_dim=frame_dim,
+                                    backend=backend)
+        (grad,) = torch.autograd.grad(result.loss, model_pred)
+        backward_sample(kept_pred, grad[kept:])
+        del kept_pred
+        for s in range(kept - 1):
+            recompute(s, grad)
+    recompute(kept - 1, grad)  # the last backward pass synchronises the gradients
+    return replace(result, loss=result.loss.detach())
