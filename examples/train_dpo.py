@@ -13,7 +13,10 @@ Pairs come from VideoGPA's meta_data.json (prompt groups of scored videos) or vg
 policy with its LoRA adapters disabled; ``--loss-type dro`` runs no reference at all.
 Checkpoints (``checkpoint-<step>/``, and the final weights in the output folder) hold the LoRA
 weights in the diffusers and peft formats. Under ``accelerate launch`` with several processes,
-each process trains on its own share of the pairs; the main process writes the weights.
+each process trains on its own share of the pairs; the main process writes the weights. With an
+FSDP config (examples/accelerate/fsdp2_*.yaml) the transformer is sharded over the processes and
+the checkpoints hold accelerate's sharded states besides the LoRA files; see
+docs/distributed_training.md.
 """
 
 import argparse
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 from pathlib import Path
@@ -38,7 +42,9 @@ if not _extras.missing("train"):
     import diffusers
     from accelerate import Accelerator
     from accelerate.logging import get_logger
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from accelerate.state import PartialState
+    from accelerate.utils import (DataLoaderConfiguration, DistributedType, FullyShardedDataParallelPlugin,
+                                  ProjectConfiguration, set_seed)
     from diffusers import AutoModel, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel, WanTransformer3DModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
@@ -255,11 +261,24 @@ def tensor_digest(tensors) -> str:
 
 
 def lora_digest(model) -> str:
-    named = sorted((name, p) for name, p in model.named_parameters() if p.requires_grad)
-    return tensor_digest(p for _, p in named)
+    """Digest of the whole LoRA weights (gathered from the shards under FSDP: every process calls it)."""
+    state = vt.lora_state_dict(model)
+    return tensor_digest(state[key] for key in sorted(state))
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def use_fsdp_on_cpu(accelerator):
+    """Apply the launcher's FSDP plugin to CPU processes too. accelerate (1.16) applies an FSDP
+    plugin only on accelerator devices and runs CPU processes as plain data parallel; the CPU
+    runs (and the tests) must shard as a GPU run does, through the same accelerate code."""
+    state = accelerator.state
+    if (state.distributed_type == DistributedType.MULTI_CPU and getattr(state, "fsdp_plugin", None) is None
+            and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"):
+        state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        # Both shared states, as on a GPU: a later AcceleratorState() copies PartialState's.
+        state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def main(args):
@@ -276,6 +295,7 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO)
+    use_fsdp_on_cpu(accelerator)
     logger.info(accelerator.state, main_process_only=False)
     # Same seed on every process: the tiny model and data must be identical everywhere.
     set_seed(args.seed)
@@ -304,7 +324,9 @@ def main(args):
     family = vt.model_family(transformer)
     prediction_type = vt.resolve_prediction_type(family, noise_scheduler, args.prediction_type)
 
-    transformer.to(accelerator.device)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if not sharded:  # under FSDP each process moves only its shards to its device (accelerator.prepare)
+        transformer.to(accelerator.device)
     if transformer.dtype != weight_dtype:
         transformer.to(dtype=weight_dtype)
     vt.add_lora_adapter(transformer, rank=args.rank, alpha=args.lora_alpha,
@@ -314,17 +336,23 @@ def main(args):
         transformer.enable_gradient_checkpointing()
     lora_parameters = [p for p in transformer.parameters() if p.requires_grad]
 
+    # Under FSDP accelerate itself saves and loads the sharded model and optimizer states
+    # (torch.distributed.checkpoint); the hooks add the LoRA weights as ordinary files.
+
     def save_model_hook(models, weights, checkpoint_dir):
         for model in models:
+            # Every process: a sharded model's LoRA weights are gathered from all of them.
+            vt.save_lora_checkpoint(accelerator.unwrap_model(model), checkpoint_dir,
+                                    write=accelerator.is_main_process)
             if accelerator.is_main_process:
-                vt.save_lora_checkpoint(accelerator.unwrap_model(model), checkpoint_dir)
                 # The rank in the message itself: older accelerate releases do not prefix it.
                 logger.info(f"process {accelerator.process_index} wrote the LoRA weights to {checkpoint_dir}",
                             main_process_only=False)
-            weights.pop()  # accelerate would otherwise save the whole base model as well
+            if weights:
+                weights.pop()  # accelerate would otherwise save the whole base model as well
 
     def load_model_hook(models, checkpoint_dir):
-        while models:
+        while models and not sharded:
             vt.load_lora_checkpoint(accelerator.unwrap_model(models.pop()), checkpoint_dir)
 
     accelerator.register_save_state_pre_hook(save_model_hook)
@@ -354,6 +382,8 @@ def main(args):
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
     transformer, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, train_dataloader, lr_scheduler)
+    # FSDP replaces the parameters by sharded ones (the optimizer is given them by accelerate).
+    lora_parameters = [p for p in transformer.parameters() if p.requires_grad]
 
     steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
@@ -455,9 +485,8 @@ def main(args):
                 break
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        vt.save_lora_checkpoint(accelerator.unwrap_model(transformer), output_dir)
-        logger.info(f"saved the final LoRA weights in {output_dir}")
+    vt.save_lora_checkpoint(accelerator.unwrap_model(transformer), output_dir, write=accelerator.is_main_process)
+    logger.info(f"saved the final LoRA weights in {output_dir}")
     # One more barrier before the process group goes. gloo's worker thread releases a finished
     # collective's tensors, which takes the GIL for tensors Python made; tearing the group down
     # (here, or when the DDP model is freed) joins that thread with the GIL held (torch 2.13), so

@@ -706,15 +706,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch_two_processes(*args, timeout=300):
-    """`accelerate launch --num_processes 2` on the CPU: torch.distributed with gloo. A run past
+def _launch_two_processes(*args, timeout=300, config_file=None, script=SCRIPT):
+    """`accelerate launch --num_processes 2` of ``script`` on the CPU: torch.distributed with
+    gloo, data parallel, or as ``config_file`` (an accelerate config) says. A run past
     ``timeout`` fails with the tail of what the ranks printed, and its whole process group is
     killed: a rank left waiting in a collective for a peer that died would otherwise outlive the
     test."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(SCRIPT), *map(str, args)]
+    mode = ["--config_file", str(config_file)] if config_file else [
+        "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", "2",
+               "--main_process_port", str(_free_port()), str(script), *map(str, args)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
                           start_new_session=True) as process:
         try:

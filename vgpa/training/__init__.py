@@ -48,6 +48,7 @@ else:
     from .lora import (
         add_lora_adapter,
         load_lora_checkpoint,
+        lora_state_dict,
         save_lora_checkpoint,
     )
 
@@ -76,6 +77,7 @@ __all__ = [
     "load_tensor_file",
     "load_videogpa_pairs",
     "lora_disabled",
+    "lora_state_dict",
     "model_family",
     "predict_pair",
     "resolve_prediction_type",

@@ -18,6 +18,7 @@ import safetensors.torch
 from accelerate.utils import extract_model_from_parallel
 from diffusers import CogVideoXPipeline, WanPipeline
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from .dpo_step import model_family
 from .recipe import LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES
@@ -50,7 +51,7 @@ def add_lora_adapter(transformer, *, rank: int = LORA_RANK, alpha: float = LORA_
 
 
 def _lora_state(transformer, adapter_name: str):
-    """(config, state dict with keys relative to the diffusers transformer)."""
+    """(config, state dict of whole tensors with keys relative to the diffusers transformer)."""
     module = extract_model_from_parallel(transformer)
     config = getattr(module, "peft_config", {}).get(adapter_name)
     if config is None:
@@ -58,16 +59,33 @@ def _lora_state(transformer, adapter_name: str):
     state = get_peft_model_state_dict(module, adapter_name=adapter_name)
     if isinstance(module, PeftModel):
         state = {key.removeprefix(PEFT_PREFIX): value for key, value in state.items()}
+    # Under FSDP2 each weight is a DTensor holding this process's shard; full_tensor() gathers
+    # it from all processes (in the same key order everywhere).
+    state = {key: (value.full_tensor() if isinstance(value, DTensor) else value).detach().contiguous()
+             for key, value in state.items()}
     return config, state
 
 
-def save_lora_checkpoint(transformer, directory: Union[str, Path], *, adapter_name: str = "default") -> Path:
+def lora_state_dict(transformer, *, adapter_name: str = "default") -> dict:
+    """The LoRA weights of ``transformer`` as whole tensors, keyed as in the diffusers file
+    without its ``transformer.`` prefix. On a model sharded with FSDP2 this gathers the shards:
+    every process must call it."""
+    return _lora_state(transformer, adapter_name)[1]
+
+
+def save_lora_checkpoint(transformer, directory: Union[str, Path], *, adapter_name: str = "default",
+                         write: bool = True) -> Path:
     """Write the LoRA weights of ``transformer`` (a diffusers model with ``add_adapter``, or a
-    peft ``PeftModel``) into ``directory`` in the diffusers and peft formats."""
+    peft ``PeftModel``) into ``directory`` in the diffusers and peft formats.
+
+    On a model sharded with FSDP2 the weights are gathered from all processes, so every process
+    calls this; ``write=False`` on all but one (e.g. ``write=accelerator.is_main_process``).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config, state = _lora_state(transformer, adapter_name)
-    state = {key: value.detach().contiguous() for key, value in state.items()}
+    if not write:
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
     metadata = config.to_dict()
     pipeline = PIPELINES[model_family(transformer)]
     pipeline.save_lora_weights(directory, transformer_lora_layers=state, weight_name=DIFFUSERS_WEIGHT_NAME,
@@ -87,6 +105,9 @@ def load_lora_checkpoint(transformer, directory: Union[str, Path], *, adapter_na
     module = extract_model_from_parallel(transformer)
     if adapter_name not in getattr(module, "peft_config", {}):
         raise ValueError(f"{type(module).__name__} has no LoRA adapter named {adapter_name!r} to load into")
+    if any(isinstance(p, DTensor) for p in module.parameters()):
+        raise ValueError(f"{type(module).__name__} is sharded (FSDP2); load the LoRA weights before sharding it, "
+                         "or resume from the sharded checkpoint (accelerator.load_state)")
     prefix = PEFT_PREFIX if isinstance(module, PeftModel) else ""
     state = {prefix + key.removeprefix(DIFFUSERS_PREFIX): value
              for key, value in safetensors.torch.load_file(str(path)).items()}
