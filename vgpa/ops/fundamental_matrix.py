@@ -243,8 +243,8 @@ def _masked(F: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid[:, None, None], F, torch.full_like(F, float("nan")))
 
 
-# Samples per pair of the first round of a RANSAC with confidence < 1; each further round of the
-# pairs whose adaptive stop is not yet decided has twice as many.
+# Samples per pair of the first round of a RANSAC with confidence < 1; each further round, of the
+# pairs whose adaptive stop is not yet decided, doubles the samples drawn so far.
 FIRST_ROUND = 64
 
 
@@ -267,16 +267,15 @@ def _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, s
     # each for the pairs whose adaptive stop the samples so far do not decide: the same samples,
     # scores and choice as scoring all of them, with less work.
     active = usable.nonzero()[:, 0]
-    begin, size = 0, (iterations if confidence >= 1.0 else min(FIRST_ROUND, iterations))
+    begin, end = 0, (iterations if confidence >= 1.0 else min(FIRST_ROUND, iterations))
     while active.numel() and begin < iterations:
-        end = min(begin + size, iterations)
         found, solutions = _score_samples(layout, active, begin, end, normalised, transforms, padded, threshold,
                                           seed, backend, tolerance)
         scores[active, begin:end] = found
         hypotheses[active, begin * reference.ROOTS:end * reference.ROOTS] = solutions
         stop = reference.adaptive_stop(scores[active, :end], layout.counts[active], confidence)
         active = active[stop >= end]
-        begin, size = end, 2 * size
+        begin, end = end, min(2 * end, iterations)
     best = reference.select_hypothesis(scores, layout.counts, confidence)
     pair_index = torch.arange(pairs, device=x1.device)
     best_count = scores.view(pairs, -1)[pair_index, best]
