@@ -148,6 +148,21 @@ def test_ragged_pairs_equal_pairs_solved_alone_and_layouts_agree():
 
 
 @pytest.mark.parametrize("method", ["8point", "ransac"])
+def test_fits_in_slices_of_pairs_equal_one_batch(method, monkeypatch):
+    from vgpa.ops import fundamental_matrix as op
+
+    counts = [50, 120, 9, 0, 80, 33, 120]
+    x1, x2, _ = two_view_scene(7, 120, noise=0.5, outliers=0.2, seed=26)
+    x1, x2 = pack(x1, counts), pack(x2, counts)
+    options = dict(counts=counts, method=method, iterations=32, backend="torch")
+    whole = vgpa.fundamental_matrix(x1, x2, **options)
+    monkeypatch.setattr(op, "EIGHT_POINT_ROWS", 250)  # slices of 2 pairs
+    sliced = vgpa.fundamental_matrix(x1, x2, **options)
+    assert whole.valid.tolist() == sliced.valid.tolist() == [True, True, True, False, True, True, True]
+    torch.testing.assert_close(sliced.F, whole.F, equal_nan=True, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["8point", "ransac"])
 def test_degenerate_pairs_are_flagged_without_disturbing_the_others(method):
     x1, x2, F_true = two_view_scene(7, 40, seed=7)
     good = x1.clone(), x2.clone()

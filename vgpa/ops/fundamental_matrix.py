@@ -218,7 +218,7 @@ def _fit(x1, x2, counts, weights, method, threshold, iterations, confidence, see
         w = layout.mask.double()
         if weights is not None:
             w = w * _weights(layout, x1, weights)
-        F, ok = reference.eight_point(points, w, tolerance)
+        F, ok = _eight_point(points, w, tolerance)
         valid = ok & finite
         return FundamentalMatrixResult(_masked(F, valid).to(x1.dtype), valid)
     if weights is not None:
@@ -237,6 +237,23 @@ def _weights(layout: MatchLayout, x1: Tensor, weights) -> Tensor:
     if not bool((torch.isfinite(padded) & (padded >= 0)).all()):
         raise ValueError(f"{OP}: weights must be finite and >= 0")
     return padded
+
+
+# Padded rows (pairs x M) per call of the 8-point fit: larger batches are fitted in slices of
+# pairs. Each pair's arithmetic is the same whatever slice it is in (the same bits), and the
+# temporaries stay small enough (about 1 MiB a plane) to be reused from cache instead of being
+# mapped afresh on every call, which cost about half of a whole-batch fit on the CPU.
+EIGHT_POINT_ROWS = 1 << 15
+
+
+def _eight_point(points: Tensor, weights: Tensor, tolerance: float):
+    """reference.eight_point over slices of pairs of about EIGHT_POINT_ROWS padded rows each."""
+    step = max(EIGHT_POINT_ROWS // max(points.shape[-1], 1), 1)
+    if points.shape[0] <= step:
+        return reference.eight_point(points, weights, tolerance)
+    fits = [reference.eight_point(points[i:i + step], weights[i:i + step], tolerance)
+            for i in range(0, points.shape[0], step)]
+    return torch.cat([F for F, _ in fits]), torch.cat([ok for _, ok in fits])
 
 
 def _masked(F: Tensor, valid: Tensor) -> Tensor:
@@ -283,7 +300,7 @@ def _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, s
     counts = layout.kernel_counts
     best_inliers = sampson_distance(best_F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
     weights = layout.to_padded(best_inliers, False).double()
-    refit, ok = reference.eight_point(points, weights, tolerance)
+    refit, ok = _eight_point(points, weights, tolerance)
     valid = usable & ok & (best_count >= reference.SAMPLE_SIZE)
     F = _masked(refit, valid).to(x1.dtype)
     inliers = sampson_distance(F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
