@@ -2,12 +2,13 @@
 (docs/design.md 3.6).
 
 Every pair of every video is solved at once: the matches are laid out as one padded batch
-(P, M, 2) with a mask (one deterministic copy from a packed layout), the 9x9 normal matrices
-are one batched matrix product and one batched eigen-decomposition. RANSAC draws its minimal
-samples from a counter-based integer hash (identical on every device and backend), solves all
-P x iterations minimal systems in one batched call and scores them with one call of
-:func:`vgpa.ransac_inlier_count` on the chosen backend. The math is in
-vgpa.reference.fundamental_matrix.
+(one deterministic copy from a packed layout, coordinate-major), the 9x9 normal matrices come
+from one batched product of the points' monomials and one batched eigen-decomposition (in
+slices of pairs for large batches). RANSAC draws its minimal samples of 7 matches from a
+counter-based integer hash (identical on every device and backend), solves them with the
+closed-form 7-point solver in one batched call and scores their up to 3 hypotheses each with one
+call of :func:`vgpa.ransac_inlier_count` on the chosen backend, in rounds while adaptive stops
+are open when ``confidence`` < 1. The math is in vgpa.reference.fundamental_matrix.
 
 Matches (``x1``, ``x2``), as for :func:`vgpa.sampson_distance`:
 - packed: (M_total, 2) with ``counts`` (P,): pair p owns the next counts[p] rows (``counts``
@@ -183,12 +184,13 @@ def fundamental_matrix(x1, x2, *, counts=None, weights=None, method="8point", th
 
     method "8point": the normalised 8-point algorithm on all matches (``weights``, >= 0 and in
     the matches' layout, weight each match's equation and its Hartley statistics).
-    method "ransac": per pair ``iterations`` minimal 8-point hypotheses from seeded samples
-    (identical on every backend and device), scored with one fused
-    :func:`vgpa.ransac_inlier_count` call (inlier: Sampson distance <= ``threshold`` pixels);
-    the most inliers wins (ties: the lowest hypothesis index; ``confidence`` < 1 stops the
-    sequence early by the adaptive-RANSAC rule, see vgpa.reference.fundamental_matrix), then
-    8-point on its inliers. ``inliers`` are those of the refit F.
+    method "ransac": per pair up to ``iterations`` seeded samples of 7 matches (identical on
+    every backend and device), each giving 1 or 3 hypotheses (the 7-point solver), scored with
+    the fused :func:`vgpa.ransac_inlier_count` (inlier: Sampson distance <= ``threshold``
+    pixels); the most inliers wins (ties: the lowest hypothesis index; ``confidence`` < 1 stops
+    the sequence of samples by the adaptive-RANSAC rule, see vgpa.reference.fundamental_matrix,
+    and only the samples up to the stop are solved, in rounds), then 8-point on its inliers.
+    ``inliers`` are those of the refit F.
 
     A pair is invalid (``valid`` False, F NaN) with fewer than 8 matches (of positive weight),
     a non-finite coordinate, all points of a frame identical, or matches that leave F
