@@ -10,8 +10,10 @@ task on it. Peers:
 - "cv2 RANSAC loop": cv2.findFundamentalMat(FM_RANSAC) per pair, on the host (threshold 1 px,
   confidence 0.999, at most 1024 iterations; OpenCV stops early once its confidence is reached).
   Compared with the "vgpa[...] ransac" rows: ``vgpa.fundamental_matrix(method="ransac",
-  iterations=1024, threshold=1.0, confidence=1.0)``, which scores all 1024 hypotheses of every
-  pair (one batched minimal solve, one fused inlier-count launch, the refit).
+  iterations=1024, threshold=1.0, confidence=0.999)``, the same settings: 7-point samples of
+  every pair solved in one batch and scored by one fused inlier-count launch per round, rounds
+  ending after 64, 128, 256, ... samples for the pairs whose adaptive stop is still open, then
+  the refit.
 
 "vgpa.match_features" (OpenCV SIFT + brute-force kNN + ratio test, on the host; not a kernel) is
 timed on its own, on the size's videos x frames textured frames of SIFT_SIDE x SIFT_SIDE pixels,
@@ -35,7 +37,8 @@ in the full sizes. The checks (before timing, as the harness requires):
   vgpa's fraction of the clean (non-outlier) matches marked inliers must be at least OpenCV's
   minus 0.05. Against the true model, both must keep at least 60% of the clean matches (vgpa
   keeps ~95% of them; OpenCV's stricter test ~70%) and accept at most 5% of the outliers (a
-  uniform point lies within 1 px of an epipolar line by chance about 1% of the time);
+  uniform point lies within 1 px of an epipolar line by chance about 1-2% of the time), or 4 of
+  them where that is more (the quick size's ~60 outliers a pair take 3 by chance in ~5% of fits);
 - SIFT (``sift_agree``): the texture slides SHIFT = (-2, 0) px a frame, so at least 90% of the
   matches must move by SHIFT within 1 px, and every pair must keep its matches.
 """
@@ -53,14 +56,15 @@ from vgpa.features import MatchFeaturesResult
 
 from .harness import Entry, Impl, Size, assert_close
 
-ITERATIONS = 1024  # RANSAC hypotheses per pair
+ITERATIONS = 1024  # RANSAC samples per pair, at most
 THRESHOLD = 1.0  # RANSAC inlier threshold, px
-CONFIDENCE = 0.999  # OpenCV's early stop; vgpa runs all ITERATIONS (confidence=1.0)
+CONFIDENCE = 0.999  # the early stop of both OpenCV's and vgpa's RANSAC
 OUTLIERS = 0.2  # the first 20% of each pair's matches are outliers
 SHIFT = (-2.0, 0.0)  # how far the SIFT frames' texture moves from one frame to the next, px
 SIFT_SIDE = 128  # SIFT frame side, px: it runs on the host on every device, and 320 frames take seconds
 MIN_CLEAN_KEPT = 0.6
 MAX_OUTLIERS_KEPT = 0.05
+OUTLIERS_KEPT_BY_CHANCE = 4  # the fewest accepted outliers that fail the check
 CLEAN_KEPT_TOLERANCE = 0.05
 
 
@@ -215,7 +219,7 @@ def opencv_ransac_loop(matches: MatchFeaturesResult) -> torch.Tensor:
 def vgpa_ransac(inputs: Inputs, backend: str):
     m = inputs.matches
     return vgpa.fundamental_matrix(m.x1, m.x2, counts=m.counts, method="ransac", iterations=ITERATIONS,
-                                   threshold=THRESHOLD, confidence=1.0, backend=backend)
+                                   threshold=THRESHOLD, confidence=CONFIDENCE, backend=backend)
 
 
 def kept_fractions(inliers: torch.Tensor, inputs: Inputs):
@@ -238,9 +242,15 @@ def ransac_agree(got: RansacOutcome, expected):
     if (clean_kept < MIN_CLEAN_KEPT).any():
         raise AssertionError(f"RANSAC keeps too few of the true-model matches: at worst {clean_kept.min():.3f} of a "
                              f"pair's (at least {MIN_CLEAN_KEPT} expected)")
-    if (outliers_kept > MAX_OUTLIERS_KEPT).any():
-        raise AssertionError(f"RANSAC accepts too many outliers: at worst {outliers_kept.max():.3f} of a pair's "
-                             f"(at most {MAX_OUTLIERS_KEPT} expected)")
+    counts = got.inputs.matches.counts.cpu()
+    outliers = torch.zeros(len(counts)).index_add_(
+        0, torch.repeat_interleave(torch.arange(len(counts)), counts), (~got.inputs.clean).float())
+    kept = (outliers_kept * outliers).round()
+    allowed = torch.maximum(MAX_OUTLIERS_KEPT * outliers, torch.full_like(outliers, OUTLIERS_KEPT_BY_CHANCE - 1))
+    if (kept > allowed).any():
+        worst = int((kept - allowed).argmax())
+        raise AssertionError(f"RANSAC accepts too many outliers: {int(kept[worst])} of pair {worst}'s "
+                             f"{int(outliers[worst])} (at most {allowed[worst]:.1f} expected)")
     short = (opencv_clean_kept - clean_kept).max()
     if short > CLEAN_KEPT_TOLERANCE:
         raise AssertionError(f"RANSAC keeps fewer true-model matches than OpenCV's: short by {short:.3f} of a pair's "
@@ -287,7 +297,8 @@ ENTRY = Entry(
                versus=("kornia loop",), make=lambda x, b=b: lambda: vgpa_8point(x, b))
           for b in ("cuda", "triton", "cpu", "torch")],
         *[Impl(f"vgpa[{b}] ransac", peer=False, backend=b, agree=ransac_agree, versus=("cv2 RANSAC loop",),
-               what=f"the library: batched RANSAC, all {ITERATIONS} hypotheses of every pair",
+               what=f"the library: batched 7-point RANSAC, at most {ITERATIONS} samples, early stop at confidence "
+               f"{CONFIDENCE}",
                make=lambda x, b=b: vgpa_ransac_impl(x, b)) for b in ("cuda", "triton", "cpu", "torch")],
         Impl("vgpa.match_features (SIFT)", peer=False, agree=sift_agree, versus=(),
              what="the library's host-side SIFT + kNN matching of the size's textured frames (for scale)",

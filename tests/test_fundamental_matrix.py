@@ -148,6 +148,21 @@ def test_ragged_pairs_equal_pairs_solved_alone_and_layouts_agree():
 
 
 @pytest.mark.parametrize("method", ["8point", "ransac"])
+def test_fits_in_slices_of_pairs_equal_one_batch(method, monkeypatch):
+    from vgpa.ops import fundamental_matrix as op
+
+    counts = [50, 120, 9, 0, 80, 33, 120]
+    x1, x2, _ = two_view_scene(7, 120, noise=0.5, outliers=0.2, seed=26)
+    x1, x2 = pack(x1, counts), pack(x2, counts)
+    options = dict(counts=counts, method=method, iterations=32, backend="torch")
+    whole = vgpa.fundamental_matrix(x1, x2, **options)
+    monkeypatch.setattr(op, "EIGHT_POINT_ROWS", 250)  # slices of 2 pairs
+    sliced = vgpa.fundamental_matrix(x1, x2, **options)
+    assert whole.valid.tolist() == sliced.valid.tolist() == [True, True, True, False, True, True, True]
+    torch.testing.assert_close(sliced.F, whole.F, equal_nan=True, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["8point", "ransac"])
 def test_degenerate_pairs_are_flagged_without_disturbing_the_others(method):
     x1, x2, F_true = two_view_scene(7, 40, seed=7)
     good = x1.clone(), x2.clone()
@@ -197,6 +212,116 @@ def test_fewer_than_eight_matches_and_empty_input():
 
 
 # --------------------------------------------------------------------------------------------
+# The 7-point minimal solver
+
+
+def rows_of(x):
+    """(..., 7, 2) points -> (..., 2, 7), the u row and the v row (seven_point's layout)."""
+    return x.transpose(-1, -2)
+
+
+def direct_seven_point(x1, x2):
+    """The 7-point solutions of one sample (7, 2) float64, stated independently: the null space
+    of the 7x9 system from numpy's SVD, det(a F1 + (1 - a) F2) from its values at 4 points (a
+    cubic), its real roots from numpy.roots; each F at unit Frobenius norm."""
+    import numpy as np
+
+    u1, v1, u2, v2 = (c.numpy() for c in (x1[:, 0], x1[:, 1], x2[:, 0], x2[:, 1]))
+    A = np.stack([u2 * u1, u2 * v1, u2, v2 * u1, v2 * v1, v2, u1, v1, np.ones(7)], 1)
+    F1, F2 = np.linalg.svd(A)[2][-2:].reshape(2, 3, 3)
+    at = np.array([-1.0, 0.0, 1.0, 2.0])
+    cubic = np.polyfit(at, [np.linalg.det(a * F1 + (1 - a) * F2) for a in at], 3)
+    roots = np.roots(cubic)
+    solutions = [a * F1 + (1 - a) * F2 for a in roots[np.abs(roots.imag) < 1e-9].real]
+    return [torch.from_numpy(F / np.linalg.norm(F)) for F in solutions], np.sort_complex(roots)
+
+
+def test_seven_point_equals_a_direct_solve_on_random_samples():
+    g = torch.Generator().manual_seed(21)
+    x1 = torch.randn(300, 7, 2, generator=g, dtype=torch.float64)
+    x2 = torch.randn(300, 7, 2, generator=g, dtype=torch.float64)
+    F, valid = reference.seven_point(rows_of(x1), rows_of(x2), 1e-7)
+    assert F.shape == (300, 3, 3, 3) and valid.shape == (300, 3)
+    real_roots = []
+    for i in range(300):
+        expected, roots = direct_seven_point(x1[i], x2[i])
+        if ((roots.imag != 0) & (abs(roots.imag) < 1e-6)).any():
+            continue  # a near-double root: which side of the real line it falls on is rounding
+        got = F[i][valid[i]]
+        real_roots.append(len(expected))
+        assert len(got) == len(expected), i
+        for E in expected:  # each solution found once, up to sign
+            error = torch.minimum((got - E).flatten(1).abs().amax(1), (got + E).flatten(1).abs().amax(1))
+            assert error.min() < 1e-9, (i, error)
+    assert set(real_roots) == {1, 3} and len(real_roots) > 280  # both cases are covered
+    # Every solution satisfies the 7 epipolar constraints and det F = 0, and is absent (NaN) otherwise.
+    h1 = torch.cat([x1, torch.ones_like(x1[..., :1])], -1)
+    h2 = torch.cat([x2, torch.ones_like(x2[..., :1])], -1)
+    residual = torch.einsum("nmi,nrij,nmj->nrm", h2, F.nan_to_num(), h1)
+    assert residual.abs().max() < 1e-12 and torch.linalg.det(F.nan_to_num()).abs().max() < 1e-14
+    assert F[~valid].isnan().all() and F[valid].isfinite().all()
+    again = reference.seven_point(rows_of(x1), rows_of(x2), 1e-7)
+    assert torch.equal(again[0].nan_to_num(7.0), F.nan_to_num(7.0)) and torch.equal(again[1], valid)
+
+
+def test_seven_point_recovers_the_true_F_of_a_noise_free_scene():
+    x1, x2, F_true = two_view_scene(64, 7, seed=22)
+    n1, t1, _ = reference.hartley_normalization(rows_of(x1), torch.ones(64, 7, dtype=torch.float64))
+    n2, t2, _ = reference.hartley_normalization(rows_of(x2), torch.ones(64, 7, dtype=torch.float64))
+    F, valid = reference.seven_point(n1, n2, 1e-7)
+    pixel = reference.canonical_scale(t2.mT[:, None] @ F @ t1[:, None])
+    error = (pixel - F_true[:, None]).flatten(2).abs().amax(2).nan_to_num(1.0)
+    assert valid.any(1).all() and error.amin(1).max() < 1e-9
+
+
+def test_seven_point_gives_nothing_for_degenerate_samples():
+    x1, x2, _ = two_view_scene(5, 7, seed=23)
+    line = torch.linspace(0, 1, 7, dtype=torch.float64)[:, None]
+    x1[0] = torch.tensor([10.0, 20.0], dtype=torch.float64) + line * torch.tensor([200.0, 100.0], dtype=torch.float64)
+    x1[1, 3], x2[1, 3] = x1[1, 5], x2[1, 5]  # a repeated match
+    H = torch.tensor([[1.01, 0.02, 3.0], [-0.01, 0.99, -2.0], [1e-5, 2e-5, 1.0]], dtype=torch.float64)
+    h = torch.cat([x1[2], torch.ones(7, 1, dtype=torch.float64)], -1) @ H.T
+    x2[2] = h[:, :2] / h[:, 2:]  # all 7 on one homography
+    x1[3, 0, 1] = float("nan")
+    x1, x2 = x1 / 100, x2 / 100  # about Hartley's scale
+    F, valid = reference.seven_point(rows_of(x1), rows_of(x2), 1e-7)
+    assert valid.tolist()[:4] == [[False] * 3] * 4 and F[:4].isnan().all()
+    assert valid[4].any()
+    # float32 rounding of an exactly degenerate sample stays degenerate at float32's tolerance.
+    rounded = (x1[:3].float().double(), x2[:3].float().double())
+    assert not reference.seven_point(rows_of(rounded[0]), rows_of(rounded[1]), 1e-5)[1].any()
+
+
+def test_cubic_real_roots_with_one_three_double_and_triple_roots():
+    def roots_of(*factors):  # coefficients of 2 * prod (t - r) (+ t^2 + 1 for "complex")
+        poly = torch.tensor([2.0], dtype=torch.float64)
+        for f in factors:
+            poly = torch.nn.functional.conv1d(poly.view(1, 1, -1), torch.tensor(f, dtype=torch.float64).flip(0)
+                                              .view(1, 1, -1), padding=len(f) - 1).view(-1)
+        t, real = reference.cubic_real_roots(*poly)
+        return sorted(t[real].tolist())
+
+    assert roots_of([1.0, -1.0], [1.0, -2.0], [1.0, -3.0]) == pytest.approx([1.0, 2.0, 3.0], abs=1e-14)
+    assert roots_of([1.0, 0.5], [1.0, 0.0, 1.0]) == pytest.approx([-0.5], abs=1e-14)  # one real root
+    assert roots_of([1.0, -1.0], [1.0, -1.0], [1.0, 2.0]) == pytest.approx([-2.0, 1.0, 1.0], abs=1e-7)
+    assert roots_of([1.0, -0.5], [1.0, -0.5], [1.0, -0.5]) == pytest.approx([0.5] * 3, abs=1e-5)
+    assert roots_of([1.0, 0.0], [1.0, 0.0], [1.0, 0.0]) == [0.0] * 3
+    # A double root that rounding moves slightly off the real line is still found (twice).
+    assert roots_of([1.0, -0.1], [1.0, -0.1], [1.0, 3.0]) == pytest.approx([-3.0, 0.1, 0.1], abs=1e-7)
+    # Separated roots, and a wide spread of magnitudes, to full precision.
+    assert roots_of([1.0, -1e-3], [1.0, 7.0], [1.0, -40.0]) == pytest.approx([-7.0, 1e-3, 40.0], rel=1e-13)
+
+
+def test_the_pencil_cubic_is_det_of_t_a_plus_b():
+    g = torch.Generator().manual_seed(24)
+    A, B = torch.randn(2, 50, 9, generator=g, dtype=torch.float64)
+    c3, c2, c1, c0 = reference.pencil_cubic(A, B)
+    for t in (-1.5, 0.0, 0.7, 3.0):
+        det = torch.linalg.det((t * A + B).view(-1, 3, 3))
+        torch.testing.assert_close(((c3 * t + c2) * t + c1) * t + c0, det, atol=1e-12, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
 # RANSAC
 
 
@@ -240,45 +365,78 @@ def test_ransac_is_bitwise_deterministic_and_seeded():
     assert not torch.equal(samples, reference.ransac_samples(torch.tensor([80, 80, 80]), 32, 6))
 
 
+def test_ransac_in_rounds_equals_scoring_every_sample(monkeypatch):
+    """With confidence < 1 the samples are solved and scored in rounds, only for the pairs whose
+    adaptive stop is still open: the result is bitwise that of scoring all of them at once."""
+    from vgpa.ops import fundamental_matrix as op
+
+    counts = [60, 200, 9, 120]
+    x1, x2, _ = two_view_scene(4, 200, noise=0.5, outliers=0.4, seed=25, dtype=torch.float32)
+    x1, x2 = pack(x1, counts), pack(x2, counts)
+    options = dict(counts=counts, method="ransac", threshold=1.0, iterations=300, confidence=0.99, backend="torch")
+    scored, count = [], vgpa.ops.epipolar.ransac_inlier_count
+
+    def counting(hypotheses, *args, **kwargs):
+        scored.append(tuple(hypotheses.shape[:2]))
+        return count(hypotheses, *args, **kwargs)
+
+    monkeypatch.setattr(vgpa.ops.epipolar, "ransac_inlier_count", counting)
+    monkeypatch.setattr(op, "FIRST_ROUND", 4)
+    rounds = vgpa.fundamental_matrix(x1, x2, **options)
+    assert len(scored) > 2 and scored[-1][0] < 4  # several rounds, the later ones for fewer pairs
+    monkeypatch.setattr(op, "FIRST_ROUND", 300)
+    scored.clear()
+    at_once = vgpa.fundamental_matrix(x1, x2, **options)
+    assert len(scored) == 1
+    assert rounds.valid.tolist() == at_once.valid.tolist() and at_once.valid[[0, 1, 3]].all()
+    assert torch.equal(rounds.inliers, at_once.inliers)
+    torch.testing.assert_close(rounds.F, at_once.F, equal_nan=True, atol=0, rtol=0)
+
+
 def test_ransac_samples_are_distinct_in_range_uniform_and_independent_of_other_pairs():
-    counts = torch.tensor([8, 9, 1000, 3, 0, 57])
+    counts = torch.tensor([7, 9, 1000, 3, 0, 57])
     samples = reference.ransac_samples(counts, 2000, 123)
-    assert samples.shape == (6, 2000, 8) and samples.dtype == torch.int64
-    top = counts.clamp_min(8)[:, None, None]
+    assert samples.shape == (6, 2000, 7) and samples.dtype == torch.int64
+    top = counts.clamp_min(7)[:, None, None]
     assert ((samples >= 0) & (samples < top)).all()
     ordered = samples.sort(-1).values
-    assert (ordered[..., 1:] != ordered[..., :-1]).all()  # 8 distinct indices
-    assert torch.equal(samples[0].sort(-1).values, torch.arange(8).expand(2000, 8))
-    # Uniform: every index of the 57-match pair is drawn 2000 * 8 / 57 ~ 281 times.
+    assert (ordered[..., 1:] != ordered[..., :-1]).all()  # 7 distinct indices
+    assert torch.equal(samples[0].sort(-1).values, torch.arange(7).expand(2000, 7))
+    # Uniform: every index of the 57-match pair is drawn 2000 * 7 / 57 ~ 246 times.
     hits = torch.bincount(samples[5].flatten(), minlength=57).double()
-    assert (hits - 2000 * 8 / 57).abs().max() < 80
+    assert (hits - 2000 * 7 / 57).abs().max() < 75
     # A pair's samples depend on its own count and index only.
-    other = reference.ransac_samples(torch.tensor([8, 9, 1000, 500, 11, 57]), 2000, 123)
+    other = reference.ransac_samples(torch.tensor([7, 9, 1000, 500, 11, 57]), 2000, 123)
     assert torch.equal(other[[0, 1, 2, 5]], samples[[0, 1, 2, 5]])
+    # Drawn in ranges and for some pairs only (RANSAC's rounds): the same samples.
+    part = reference.ransac_samples(counts[[2, 5]], 300, 123, first=1700, pair_index=torch.tensor([2, 5]))
+    assert torch.equal(part, samples[[2, 5], 1700:])
 
 
 def test_select_hypothesis_is_sequential_adaptive_ransac():
     g = torch.Generator().manual_seed(12)
     counts = torch.tensor([100, 100, 40, 10])
-    scores = torch.randint(0, 100, (4, 300), generator=g)
-    scores[2] = torch.randint(0, 12, (300,), generator=g)  # low inlier ratios: never stops early
-    scores[1, 7] = 99
+    scores = torch.randint(0, 100, (4, 300, 3), generator=g)
+    scores[2] = torch.randint(0, 12, (300, 3), generator=g)  # low inlier ratios: never stops early
+    scores[1, 7, 2] = 99
+    scores[0, :, 1:] = 0  # one solution per sample, as for a cubic with one real root
     for confidence in (0.5, 0.99, 0.999, 1.0):
         chosen = reference.select_hypothesis(scores, counts, confidence)
         for p in range(4):
             best, best_index = -1, 0
-            for h in range(300):  # the textbook loop
-                if scores[p, h] > best:
-                    best, best_index = int(scores[p, h]), h
+            for s in range(300):  # the textbook loop, over samples and then their solutions
+                for r in range(3):
+                    if scores[p, s, r] > best:
+                        best, best_index = int(scores[p, s, r]), 3 * s + r
                 if confidence < 1:
-                    miss = 1 - (best / int(counts[p])) ** 8
+                    miss = 1 - (best / int(counts[p])) ** 7
                     needed = 0 if miss <= 0 else (math.inf if miss >= 1 else
                                                   math.ceil(math.log(1 - confidence) / math.log(miss)))
-                    if h + 1 >= needed:
+                    if s + 1 >= needed:
                         break
             assert chosen[p].item() == best_index, (confidence, p)
     full = reference.select_hypothesis(scores, counts, 1.0)
-    assert torch.equal(scores.gather(1, full[:, None])[:, 0], scores.max(1).values)
+    assert torch.equal(scores.flatten(1).gather(1, full[:, None])[:, 0], scores.flatten(1).max(1).values)
 
 
 @pytest.mark.parametrize("backend", [pytest.param("torch", id="torch")] + KERNEL_BACKENDS)

@@ -2,12 +2,13 @@
 (docs/design.md 3.6).
 
 Every pair of every video is solved at once: the matches are laid out as one padded batch
-(P, M, 2) with a mask (one deterministic copy from a packed layout), the 9x9 normal matrices
-are one batched matrix product and one batched eigen-decomposition. RANSAC draws its minimal
-samples from a counter-based integer hash (identical on every device and backend), solves all
-P x iterations minimal systems in one batched call and scores them with one call of
-:func:`vgpa.ransac_inlier_count` on the chosen backend. The math is in
-vgpa.reference.fundamental_matrix.
+(one deterministic copy from a packed layout, coordinate-major), the 9x9 normal matrices come
+from one batched product of the points' monomials and one batched eigen-decomposition (in
+slices of pairs for large batches). RANSAC draws its minimal samples of 7 matches from a
+counter-based integer hash (identical on every device and backend), solves them with the
+closed-form 7-point solver in one batched call and scores their up to 3 hypotheses each with one
+call of :func:`vgpa.ransac_inlier_count` on the chosen backend, in rounds while adaptive stops
+are open when ``confidence`` < 1. The math is in vgpa.reference.fundamental_matrix.
 
 Matches (``x1``, ``x2``), as for :func:`vgpa.sampson_distance`:
 - packed: (M_total, 2) with ``counts`` (P,): pair p owns the next counts[p] rows (``counts``
@@ -69,15 +70,16 @@ class MatchLayout:
             self.row_pair = torch.repeat_interleave(torch.arange(self.pairs, device=device), counts)
             starts = torch.cumsum(counts, 0) - counts
             self.row_position = torch.arange(self.row_pair.shape[0], device=device) - starts[self.row_pair]
+            self.row_destination = self.row_pair * width + self.row_position  # in the flattened (P * M)
 
     def to_padded(self, values: Tensor, fill) -> Tensor:
         """values in the matches' layout, (M_total, ...) or (P, M, ...) -> (P, M, ...), ``fill``
         outside the counts."""
         if self.packed:
-            out = torch.full((self.pairs, self.width) + values.shape[1:], fill, dtype=values.dtype,
+            out = torch.full((self.pairs * self.width,) + values.shape[1:], fill, dtype=values.dtype,
                              device=values.device)
-            out[self.row_pair, self.row_position] = values
-            return out
+            out[self.row_destination] = values
+            return out.view((self.pairs, self.width) + values.shape[1:])
         mask = self.mask.view(self.mask.shape + (1,) * (values.dim() - 2))
         return torch.where(mask, values, torch.full((), fill, dtype=values.dtype, device=values.device))
 
@@ -164,14 +166,16 @@ def check_ransac_options(op, threshold, iterations, confidence, seed):
 
 
 def _finite_points(layout: MatchLayout, x1: Tensor, x2: Tensor):
-    """(x1, x2) padded in float64 with 0 outside the counts, and (P,) whether every match of a
-    pair is finite."""
-    p1 = layout.to_padded(x1, 0.0).double()
-    p2 = layout.to_padded(x2, 0.0).double()
-    finite = (torch.isfinite(p1).all(-1) & torch.isfinite(p2).all(-1)) | ~layout.mask
-    finite = finite.all(-1)
-    keep = finite[:, None, None]
-    return torch.where(keep, p1, 0.0), torch.where(keep, p2, 0.0), finite
+    """Both frames' points padded in float64, (P, 2, 2, M) (frame 1, frame 2; the u row, the v
+    row: every plane contiguous), 0 outside the counts and on pairs with a non-finite
+    coordinate, and (P,) whether every match of a pair is finite."""
+    points = layout.to_padded(torch.cat([x1, x2], -1).double(), 0.0)  # (P, M, 4): one copy
+    points = points.transpose(1, 2).contiguous().view(layout.pairs, 2, 2, layout.width)
+    # x * 0 is 0 for a finite x and NaN otherwise, and a sum of zeros cannot overflow.
+    finite = torch.isfinite((points * 0.0).sum((1, 2, 3)))
+    if not bool(finite.all()):
+        points = torch.where(finite[:, None, None, None], points, 0.0)
+    return points, finite
 
 
 def fundamental_matrix(x1, x2, *, counts=None, weights=None, method="8point", threshold=1.0, iterations=1024,
@@ -180,12 +184,13 @@ def fundamental_matrix(x1, x2, *, counts=None, weights=None, method="8point", th
 
     method "8point": the normalised 8-point algorithm on all matches (``weights``, >= 0 and in
     the matches' layout, weight each match's equation and its Hartley statistics).
-    method "ransac": per pair ``iterations`` minimal 8-point hypotheses from seeded samples
-    (identical on every backend and device), scored with one fused
-    :func:`vgpa.ransac_inlier_count` call (inlier: Sampson distance <= ``threshold`` pixels);
-    the most inliers wins (ties: the lowest hypothesis index; ``confidence`` < 1 stops the
-    sequence early by the adaptive-RANSAC rule, see vgpa.reference.fundamental_matrix), then
-    8-point on its inliers. ``inliers`` are those of the refit F.
+    method "ransac": per pair up to ``iterations`` seeded samples of 7 matches (identical on
+    every backend and device), each giving 1 or 3 hypotheses (the 7-point solver), scored with
+    the fused :func:`vgpa.ransac_inlier_count` (inlier: Sampson distance <= ``threshold``
+    pixels); the most inliers wins (ties: the lowest hypothesis index; ``confidence`` < 1 stops
+    the sequence of samples by the adaptive-RANSAC rule, see vgpa.reference.fundamental_matrix,
+    and only the samples up to the stop are solved, in rounds), then 8-point on its inliers.
+    ``inliers`` are those of the refit F.
 
     A pair is invalid (``valid`` False, F NaN) with fewer than 8 matches (of positive weight),
     a non-finite coordinate, all points of a frame identical, or matches that leave F
@@ -209,18 +214,18 @@ def _fit(x1, x2, counts, weights, method, threshold, iterations, confidence, see
         raise ValueError(f"{OP}: method must be one of {METHODS}, got {method!r}")
     threshold, iterations, confidence, seed = check_ransac_options(OP, threshold, iterations, confidence, seed)
     _backend.resolve(backend, x1.device, OP)
-    p1, p2, finite = _finite_points(layout, x1, x2)
+    points, finite = _finite_points(layout, x1, x2)
     tolerance = reference.RANK_TOLERANCE[x1.dtype]
     if method == "8point":
         w = layout.mask.double()
         if weights is not None:
             w = w * _weights(layout, x1, weights)
-        F, ok = reference.eight_point(p1, p2, w, tolerance)
+        F, ok = _eight_point(points, w, tolerance)
         valid = ok & finite
         return FundamentalMatrixResult(_masked(F, valid).to(x1.dtype), valid)
     if weights is not None:
         raise ValueError(f"{OP}: weights apply to method='8point' only")
-    return _ransac(layout, x1, x2, p1, p2, finite, threshold, iterations, confidence, seed, backend, tolerance)
+    return _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, seed, backend, tolerance)
 
 
 def _weights(layout: MatchLayout, x1: Tensor, weights) -> Tensor:
@@ -236,39 +241,105 @@ def _weights(layout: MatchLayout, x1: Tensor, weights) -> Tensor:
     return padded
 
 
+# Padded rows (pairs x M) per call of the 8-point fit: larger batches are fitted in slices of
+# pairs. Each pair's arithmetic is the same whatever slice it is in (the same bits), and the
+# temporaries stay small enough (about 1 MiB a plane) to be reused from cache instead of being
+# mapped afresh on every call, which cost about half of a whole-batch fit on the CPU.
+EIGHT_POINT_ROWS = 1 << 15
+
+
+def _eight_point(points: Tensor, weights: Tensor, tolerance: float):
+    """reference.eight_point over slices of pairs of about EIGHT_POINT_ROWS padded rows each."""
+    step = max(EIGHT_POINT_ROWS // max(points.shape[-1], 1), 1)
+    if points.shape[0] <= step:
+        return reference.eight_point(points, weights, tolerance)
+    fits = [reference.eight_point(points[i:i + step], weights[i:i + step], tolerance)
+            for i in range(0, points.shape[0], step)]
+    return torch.cat([F for F, _ in fits]), torch.cat([ok for _, ok in fits])
+
+
 def _masked(F: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid[:, None, None], F, torch.full_like(F, float("nan")))
 
 
-def _ransac(layout, x1, x2, p1, p2, finite, threshold, iterations, confidence, seed, backend, tolerance):
-    from .epipolar import ransac_inlier_count, sampson_distance
+# Samples per pair of the first round of a RANSAC with confidence < 1; each further round, of the
+# pairs whose adaptive stop is not yet decided, doubles the samples drawn so far.
+FIRST_ROUND = 64
+
+
+def _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, seed, backend, tolerance):
+    from .epipolar import sampson_distance
 
     pairs = layout.pairs
     if pairs == 0:
         empty = torch.zeros(0, dtype=torch.bool, device=x1.device)
         return FundamentalMatrixResult(x1.new_empty((0, 3, 3)), empty, torch.zeros(x1.shape[:-1], dtype=torch.bool,
                                        device=x1.device), torch.zeros(0, dtype=torch.int64, device=x1.device))
-    # Pairs below 8 matches are invalid; padding to 8 keeps their samples in bounds.
-    pad = (0, 0, 0, max(reference.SAMPLE_SIZE - layout.width, 0))
-    samples = reference.ransac_samples(layout.counts, iterations, seed)  # (P, H, 8)
-    index = samples.view(pairs, -1, 1).expand(-1, -1, 2)
-    s1 = torch.nn.functional.pad(p1, pad).gather(1, index).view(pairs, iterations, reference.SAMPLE_SIZE, 2)
-    s2 = torch.nn.functional.pad(p2, pad).gather(1, index).view(pairs, iterations, reference.SAMPLE_SIZE, 2)
-    usable = finite & (layout.counts >= reference.SAMPLE_SIZE)
-    hypotheses, _ = reference.eight_point(s1, s2, torch.ones_like(s1[..., 0]), tolerance)
-    hypotheses = torch.where(usable[:, None, None, None], hypotheses, float("nan")).to(x1.dtype)
-    counts = layout.kernel_counts
-    scores = ransac_inlier_count(hypotheses, x1, x2, threshold=threshold, counts=counts, backend=backend)
+    # One Hartley normalisation per pair serves all its samples (the 7-point solutions transform
+    # with the points).
+    normalised, transforms, ok = reference.hartley_normalization(points, layout.mask.double()[:, None])
+    usable = finite & ok.all(-1) & (layout.counts >= reference.SAMPLE_SIZE)
+    hypotheses = x1.new_full((pairs, iterations * reference.ROOTS, 3, 3), float("nan"))  # flat index s * 3 + r
+    scores = torch.zeros((pairs, iterations, reference.ROOTS), dtype=torch.int64, device=x1.device)
+    padded = points.to(x1.dtype)  # the matches as given (float32 -> float64 -> float32 is exact)
+    # Pairs that cannot be valid are never solved. With confidence < 1 the samples go in rounds,
+    # each for the pairs whose adaptive stop the samples so far do not decide: the same samples,
+    # scores and choice as scoring all of them, with less work.
+    active = usable.nonzero()[:, 0]
+    begin, end = 0, (iterations if confidence >= 1.0 else min(FIRST_ROUND, iterations))
+    while active.numel() and begin < iterations:
+        found, solutions = _score_samples(layout, active, begin, end, normalised, transforms, padded, threshold,
+                                          seed, backend, tolerance)
+        scores[active, begin:end] = found
+        hypotheses[active, begin * reference.ROOTS:end * reference.ROOTS] = solutions
+        stop = reference.adaptive_stop(scores[active, :end], layout.counts[active], confidence)
+        active = active[stop >= end]
+        begin, end = end, min(2 * end, iterations)
     best = reference.select_hypothesis(scores, layout.counts, confidence)
-    rows = torch.arange(pairs, device=x1.device)
-    best_count = scores[rows, best].long()
-    best_F = hypotheses[rows, best]
+    pair_index = torch.arange(pairs, device=x1.device)
+    best_count = scores.view(pairs, -1)[pair_index, best]
+    best_F = hypotheses[pair_index, best]
+    counts = layout.kernel_counts
     best_inliers = sampson_distance(best_F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
     weights = layout.to_padded(best_inliers, False).double()
-    refit, ok = reference.eight_point(p1, p2, weights, tolerance)
+    refit, ok = _eight_point(points, weights, tolerance)
     valid = usable & ok & (best_count >= reference.SAMPLE_SIZE)
     F = _masked(refit, valid).to(x1.dtype)
     inliers = sampson_distance(F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
     inliers = layout.to_matches(layout.to_padded(inliers, False))  # False on padding
     inlier_count = layout.to_padded(inliers, False).sum(-1)
     return FundamentalMatrixResult(F, valid, inliers, inlier_count)
+
+
+def _score_samples(layout, active, begin, end, normalised, transforms, padded, threshold, seed, backend, tolerance):
+    """Samples begin..end-1 of the pairs ``active``: their 7-point solutions in pixels, unit
+    Frobenius norm, in the points' dtype ((A, 3 (end - begin), 3, 3), NaN where absent) and
+    inlier counts ((A, end - begin, 3), 0 where absent), all scored by one
+    ransac_inlier_count call."""
+    from .epipolar import ransac_inlier_count
+
+    pairs, samples, roots = active.shape[0], end - begin, reference.ROOTS
+    counts = layout.counts[active]
+    drawn = reference.ransac_samples(counts, samples, seed, begin, pair_index=active)  # (A, S, 7)
+    # Pairs below 7 matches are never active; the padded width holds every sample.
+    index = drawn.view(pairs, 1, 1, -1).expand(-1, 2, 2, -1)
+    sample_points = normalised[active].gather(3, index).view(pairs, 2, 2, samples, reference.MINIMAL_SAMPLE)
+    sample_points = sample_points.permute(0, 1, 3, 2, 4)  # (A, frame, S, uv, 7)
+    solved, present = reference.seven_point(sample_points[:, 0], sample_points[:, 1], tolerance)  # (A, S, 3, 3, 3)
+    t1, t2 = transforms[active].unbind(1)
+    solutions = t2.mT[:, None, None] @ solved @ t1[:, None, None]
+    solutions = solutions / solutions.flatten(-2).norm(dim=-1)[..., None, None]
+    solutions = solutions.to(padded.dtype).view(pairs, -1, 3, 3)
+    present = present.view(pairs, -1)
+    # Only the solutions that exist are scored: each pair's, in their order, padded with NaN
+    # (0 inliers) to the largest number of any pair.
+    rows, flat = present.nonzero(as_tuple=True)
+    slot = (present.long().cumsum(-1) - 1)[rows, flat]
+    width = max(int(present.sum(-1).max()), 1)
+    scored = solutions.new_full((pairs, width, 3, 3), float("nan"))
+    scored[rows, slot] = solutions[rows, flat]
+    found = torch.zeros(present.shape, dtype=torch.int64, device=present.device)
+    matches = padded[active].transpose(-1, -2)  # (A, frame, M, uv)
+    found[rows, flat] = ransac_inlier_count(scored, matches[:, 0], matches[:, 1], threshold=threshold, counts=counts,
+                                            backend=backend)[rows, slot]
+    return found.view(pairs, samples, roots), solutions
