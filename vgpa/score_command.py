@@ -615,12 +615,13 @@ def read_group(group: dict, done: dict, source: Source, clock: Optional[scoring.
 
 
 class GroupReader:
-    """Reads groups in a thread of its own, in order, at most ``ahead`` groups ahead of the
-    scoring (a bounded queue: memory holds at most ``ahead`` + 1 read groups), so that decoding
-    and loading the next group overlap scoring the current one. ``next(index)`` returns the read
-    group ``index`` (the next one in order); an error of the thread is raised there, naming the
-    group. ``close()`` stops the thread (at its next group) and waits for it; the thread is a
-    daemon, so an interrupted run never waits on it. ``times``: the thread's seconds per stage."""
+    """Reads groups in a thread of its own, in order, so that decoding and loading the next
+    group overlap scoring the current one. It reads a group only when fewer than ``ahead``
+    groups wait to be taken (``next``): memory holds the group being scored and at most
+    ``ahead`` read ones. ``next(index)`` returns the read group ``index`` (the next one in
+    order); an error of the thread is raised there, naming the group. ``close()`` stops the
+    thread (before its next group) and waits for it; the thread is a daemon, so an interrupted
+    run never waits on it. ``times``: the thread's seconds per stage."""
 
     def __init__(self, groups: list, indices: list, done: dict, source: Source, ahead: int = 1):
         import queue
@@ -628,33 +629,33 @@ class GroupReader:
 
         self.groups, self.indices, self.done, self.source = groups, list(indices), done, source
         self.times: dict = {}
-        self.queue = queue.Queue(maxsize=ahead)
+        self.queue = queue.Queue()
+        self.slots = threading.Semaphore(ahead)  # taken by a read group until ``next`` hands it over
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="vgpa-score-reader", daemon=True)
         self.thread.start()
 
     def _run(self):
-        import queue
-
         clock = scoring.StageClock(self.times, torch.device("cpu"))
         for index in self.indices:
+            while not self.slots.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    return
+            if self.stop.is_set():
+                return
+            clock.lap("waiting for the scoring")
             try:
                 item = (index, read_group(self.groups[index], self.done, self.source, clock), None)
             except BaseException as exc:  # handed to the scoring thread, which raises it
                 item = (index, None, exc)
+            self.queue.put(item)
             clock.lap("read glue")
-            while not self.stop.is_set():
-                try:
-                    self.queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            clock.lap("waiting for the scoring")
-            if item[2] is not None or self.stop.is_set():
+            if item[2] is not None:
                 return
 
     def next(self, index: int) -> ReadGroup:
         got, read, error = self.queue.get()
+        self.slots.release()
         group_id = self.groups[got]["group_id"]
         if error is not None:
             raise RuntimeError(f"reading group {group_id!r} failed: {type(error).__name__}: {error}") from error
@@ -664,12 +665,7 @@ class GroupReader:
         return read
 
     def close(self) -> None:
-        import queue
-
         self.stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
         self.thread.join(timeout=10)
 
 
