@@ -30,7 +30,8 @@ confidence map. LPIPS is off on both sides. Peers:
 
 Both are checked against ``score_videos`` on vgpa's pure-PyTorch backend before they are timed:
 vgpa's keys to float32 rounding; the peer's 3DCS within what its uint8 truncation allows, MVCS
-to float32 rounding, and motion within the error of ``acos`` near 1 in float32.
+to 1e-3 (its per-pair float32 inverses), and motion within the error of ``acos`` near 1 in
+float32.
 
 Each case also records a per-stage breakdown (``<op>_stages.csv``): the peer's stages as listed
 above, and vgpa's as ``score_videos(timings=...)`` reports them, plus the conversion of the
@@ -267,10 +268,12 @@ def check_vgpa_scores(got: dict, want: dict, what: str):
 
 def check_peer_scores(got: dict, want: dict, what: str):
     """VideoGPA's scores of one video against the reference's: 3DCS within what its uint8
-    truncation allows (bench_render_points.videogpa_agree), MVCS to float32 rounding, motion
-    within the error of acos near 1 in float32 (about 3e-4 rad a frame pair, times 0.1)."""
+    truncation allows (bench_render_points.videogpa_agree), MVCS to 1e-3 relative (it inverts K
+    and the 4 x 4 poses in float32 for each pair: 1e-4 apart from vgpa's float64 cameras at
+    128 x 128), motion within the error of acos near 1 in float32 (about 3e-4 rad a frame pair,
+    times 0.1)."""
     videogpa_agree(torch.tensor([got["3dcs"]]), torch.tensor([want["3dcs"]]))
-    assert_close(torch.tensor(got["mvcs"]), torch.tensor(want["mvcs"]), rtol=1e-4, atol=1e-6, what=f"{what} MVCS")
+    assert_close(torch.tensor(got["mvcs"]), torch.tensor(want["mvcs"]), rtol=1e-3, atol=1e-6, what=f"{what} MVCS")
     assert_close(torch.tensor(got["motion_norm"]), torch.tensor(want["motion_norm"]), rtol=0, atol=1e-4,
                  what=f"{what} motion")
 
