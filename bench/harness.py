@@ -8,6 +8,7 @@ times it with pytest-benchmark's ``benchmark`` fixture.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -63,6 +64,11 @@ class Impl:
     # inputs -> MiB it holds across calls besides the shared inputs (a reference model's copy), made
     # by ``make`` before the peak is measured: added to the call's peak memory
     held_mib: Callable[[Any], float] | None = None
+    # a pipeline's breakdown: make(inputs)-like, returning a function of no arguments that runs
+    # one call and returns {stage: seconds}; its per-stage medians go to the report's stage table
+    stages: Callable[[Any], Callable[[], dict]] | None = None
+    # the sizes it is timed at (None: every size of the sweep); e.g. a peer too slow for the largest
+    at_size: Callable[[Size], bool] | None = None
 
 
 @dataclass
@@ -173,6 +179,8 @@ def cases(entry: Entry, device: torch.device, sweep: str = "full", compile_on_cp
     for size in sweep_sizes(entry, device, sweep):
         for mode in entry.modes:
             for impl in impls:
+                if impl.at_size is not None and not impl.at_size(size):
+                    continue
                 out.append(Case(size, mode, impl.name))
                 if device.type == "cuda" and size.graph and mode == "fwd" and impl.capturable:
                     out.append(Case(size, mode, impl.name, graph=True))
@@ -267,12 +275,25 @@ def run_case(benchmark, entry: Entry, case: Case, device: torch.device, min_roun
         benchmark.extra_info["bytes"] = int(entry.bytes_moved(case.size, inputs, case.mode))
     if entry.copy_roof:
         benchmark.extra_info["copy_gbs"] = copy_roof_gbs(device)
+    if impl.stages is not None:
+        benchmark.extra_info["stages"] = stage_medians(impl.stages(inputs), min(min_rounds, STAGE_ROUNDS))
     rounds = timing.rounds_for(estimate, min_rounds, max_time_s)
     if device.type == "cuda":
         benchmark._timer = timing.EventClock()  # the plugin's runner reads its timer from here
         benchmark.pedantic(step, setup=timing.L2Flush(device), rounds=rounds, warmup_rounds=3)
     else:
         benchmark.pedantic(step, rounds=rounds, warmup_rounds=1)
+
+
+STAGE_ROUNDS = 3  # calls of a stage breakdown (its medians): outside the timed rounds, so few
+
+
+def stage_medians(run: Callable[[], dict], rounds: int) -> dict:
+    """{stage: median seconds} over ``rounds`` calls of ``run`` (each returns {stage: seconds}),
+    in the order the stages first ran."""
+    calls = [run() for _ in range(max(1, rounds))]
+    names = list(dict.fromkeys(name for call in calls for name in call))
+    return {name: statistics.median(call.get(name, 0.0) for call in calls) for name in names}
 
 
 def assert_close(got, expected, rtol: float, atol: float, what: str = "result"):

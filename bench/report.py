@@ -52,6 +52,7 @@ def rows_from_benchmarks(benchmarks: list[dict]) -> dict[str, list[dict]]:
         row["_x_label"] = info["x_label"]
         row["_default_size"] = info.get("default_size", False)
         row["_versus"] = info.get("versus")
+        row["_stages"] = info.get("stages")
         rows.setdefault(info["op"], []).append(row)
     for op_rows in rows.values():
         for row in op_rows:
@@ -65,6 +66,21 @@ def rows_from_benchmarks(benchmarks: list[dict]) -> dict[str, list[dict]]:
 
 def public(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def stage_rows(rows: list[dict]) -> list[dict]:
+    """A pipeline's breakdown: for each row whose implementation recorded stages (Impl.stages),
+    one row per stage with its median time and its share: of the stage "wall" where the
+    implementation records one (its stages overlap, e.g. a reading thread's), else of the
+    stages' sum (medians of each stage apart: close to, not equal to, the row's own median)."""
+    out = []
+    for row in rows:
+        stages = row.get("_stages") or {}
+        total = stages["wall"] if "wall" in stages else sum(stages.values())
+        for stage, seconds in stages.items():
+            out.append({"size": row["size"], "impl": row["impl"], "stage": stage, "median_ms": seconds * 1e3,
+                        "share": seconds / total if total > 0 else float("nan")})
+    return out
 
 
 def format_value(v) -> str:
@@ -152,9 +168,10 @@ def environment(device: torch.device, machine_info: dict | None = None) -> dict:
 
 
 def write_results(op: str, rows: list[dict], folder: str, env: dict) -> list[str]:
-    """<folder>/<op>.csv and <op>.json; returns the paths."""
+    """<folder>/<op>.csv and <op>.json, and <op>_stages.csv where rows recorded stages; returns
+    the paths."""
     os.makedirs(folder, exist_ok=True)
-    rows = [public(r) for r in rows]
+    all_rows, rows = rows, [public(r) for r in rows]
     fields = list(dict.fromkeys(k for row in rows for k in row))
     paths = [os.path.join(folder, f"{op}.csv"), os.path.join(folder, f"{op}.json")]
     with open(paths[0], "w", newline="") as f:
@@ -163,6 +180,13 @@ def write_results(op: str, rows: list[dict], folder: str, env: dict) -> list[str
         writer.writerows(rows)
     with open(paths[1], "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=2)
+    stages = stage_rows(all_rows)
+    if stages:
+        paths.append(os.path.join(folder, f"{op}_stages.csv"))
+        with open(paths[-1], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(stages[0]))
+            writer.writeheader()
+            writer.writerows(stages)
     return paths
 
 

@@ -21,8 +21,8 @@ import torch
 from . import report
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-OPS = ("diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar",
-       "dpo_training_step")  # bench_<op>.py
+OPS = ("score_video", "score_dataset", "dpo_training_step",  # the pipelines first
+       "diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar")  # bench_<op>.py
 
 # The bench's own pytest configuration. bench/ has no __init__.py (it must not shadow an installed
 # `bench` module from the checkout's root), so pytest finds vgpa.bench as a namespace package.
@@ -257,6 +257,10 @@ def write_report(data: dict, args, note: str | None = None) -> int:
         print(f"\n{op} on {env['device']} (median and IQR of the timed rounds in ms; "
               f"x vs P = P's median / this median; peak_mib = peak memory of one call)")
         print(report.table(op_rows), flush=True)
+        stages = report.stage_rows(op_rows)
+        if stages:
+            print(f"\n{op} by stage (median of each stage in ms; share = of the stages' sum)")
+            print(report.table(stages), flush=True)
     print(f"\nHeadline on {env['device']}: vgpa against its peers (x = the peer's median / vgpa's median, "
           "same size and mode)")
     print(report.headline_table(rows))

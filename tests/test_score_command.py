@@ -9,6 +9,7 @@ import json
 import locale
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import stat
@@ -811,3 +812,77 @@ def test_a_folder_as_input_says_what_the_command_expects(tmp_path, capsys, no_sc
                                                    "--out", str(tmp_path / "meta_data.json")]))
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"vgpa score: {tmp_path / 'videos'} is a folder; vgpa score takes a groups file, JSON like")
+
+
+# --------------------------------------------------------------------------------------------
+# The reading thread and the stage times
+
+
+def test_the_next_group_is_read_while_one_is_scored(tmp_path, monkeypatch, capsys):
+    """Group k + 1 is read while group k is scored (the reading thread), and never more than one
+    group ahead (a bounded queue); the run ends with a time line of its stages."""
+    groups_file = _tiny_dataset(tmp_path, {"a": 2, "b": 2, "c": 2, "d": 1})
+    real_read, real_score = score_command.read_group, score_command.score_group
+    events, lock, read_b = [], threading.Lock(), threading.Event()
+
+    def read(group, *args, **kwargs):
+        with lock:
+            events.append(("read", group["group_id"]))
+        result = real_read(group, *args, **kwargs)
+        if group["group_id"] == "b":
+            read_b.set()
+        return result
+
+    def score(group, *args, **kwargs):
+        if group["group_id"] == "a":
+            assert read_b.wait(timeout=60), "group b was not read while group a was scored"
+        with lock:
+            events.append(("score", group["group_id"]))
+        return real_score(group, *args, **kwargs)
+
+    monkeypatch.setattr(score_command, "read_group", read)
+    monkeypatch.setattr(score_command, "score_group", score)
+    assert _score_tiny(groups_file, tmp_path / "out.json") == 0
+    order = [f"{kind} {group}" for kind, group in events]
+    for ahead, behind in (("read c", "score a"), ("read d", "score b")):  # at most one group read ahead
+        assert order.index(ahead) > order.index(behind), order
+    assert len(_scored(json.loads((tmp_path / "out.json").read_text()))) == 7
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("time:"))
+    assert re.match(r"time: [\d.]+ s for 7 videos scored \([\d.]+ videos/s\); score [\d.]+ s \(\d+%\), write ", line)
+    assert "; reading: decode " in line and ", load " in line
+    assert not [t for t in threading.enumerate() if t.name == "vgpa-score-reader"]
+
+
+def test_an_error_of_the_reading_thread_stops_the_run_naming_the_group(tmp_path, monkeypatch, capsys):
+    """An unexpected error while reading a group reaches the command, naming the group; the groups
+    scored before it are in the output, and the thread is gone. (An unreadable video is not such
+    an error: it is recorded in the output, naming its file.)"""
+    groups_file = _tiny_dataset(tmp_path, {"a": 1, "b": 1, "c": 1})
+    real_read = score_command.read_group
+
+    def read(group, *args, **kwargs):
+        if group["group_id"] == "b":
+            raise MemoryError("no memory left for group b")
+        return real_read(group, *args, **kwargs)
+
+    monkeypatch.setattr(score_command, "read_group", read)
+    with pytest.raises(RuntimeError, match=r"reading group 'b' failed: MemoryError: no memory left") as info:
+        _score_tiny(groups_file, tmp_path / "out.json")
+    assert isinstance(info.value.__cause__, MemoryError)
+    assert _scored(json.loads((tmp_path / "out.json").read_text())) == {("a", "videos/a_0.avi")}
+    assert not [t for t in threading.enumerate() if t.name == "vgpa-score-reader"]
+    assert not (tmp_path / "out.json.lock").exists()
+    capsys.readouterr()
+
+
+def test_an_interrupted_run_stops_its_reading_thread(tmp_path, monkeypatch, capsys):
+    groups_file = _tiny_dataset(tmp_path, {"a": 1, "b": 1, "c": 1})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score_command, "score_group", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _score_tiny(groups_file, tmp_path / "out.json")
+    assert not [t for t in threading.enumerate() if t.name == "vgpa-score-reader"]
+    capsys.readouterr()

@@ -535,3 +535,12 @@ def test_conf_ties_all_keeps_videogpas_points(source):
                                          conf_ties=ties, points=source, device="cpu")[0]["3dcs"]
               for ties in ("first", "all")}
     assert scores["first"] != scores["all"]
+
+
+def test_timings_report_each_stage_and_change_no_score():
+    videos = _mixed_videos()
+    timings = {}
+    timed = scoring.score_videos(videos, device="cpu", timings=timings)
+    assert timed == scoring.score_videos(videos, device="cpu")
+    assert set(timings) == {"checks", "to device", "3dcs cloud", *scoring.DEFAULT_METRICS, "read back"}
+    assert all(seconds >= 0 for seconds in timings.values())

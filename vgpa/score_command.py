@@ -28,6 +28,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -507,10 +508,12 @@ class Source:
         return read_video(self.video_file(video_path), self.num_frames, size=self.size,
                           truncated="warn" if self.accept_truncated else "error")
 
-    def load(self, video_path: str):
+    def load(self, video_path: str, clock: Optional[scoring.StageClock] = None):
         """(frames (T, 3, H, W) uint8 at the geometry's resolution, geometry); raises with the
         reason when the video or its geometry cannot be used. The frames are the geometry's own
-        (the frames it was computed from) when it holds them, else the ones read from the video."""
+        (the frames it was computed from) when it holds them, else the ones read from the video.
+        ``clock`` times the stages "load" (the geometry file), "decode" and "geometry model"."""
+        clock = clock or scoring.StageClock(None, torch.device("cpu"))
         if self.geometry_dir is not None:  # check the geometry first: no decode for a video without one
             from .geometry import load_geometry
 
@@ -520,10 +523,14 @@ class Source:
             if not geometry_file.is_file():  # a FIFO would block the read
                 raise ValueError(f"the geometry file {geometry_file} is not a regular file")
             geometry = load_geometry(geometry_file)
+            clock.lap("load")
             frames = self.read(video_path)
+            clock.lap("decode")
         else:
             frames = self.read(video_path)
+            clock.lap("decode")
             geometry = self.provider(frames)
+            clock.lap("geometry model")
         steps, height, width = geometry.depth.shape
         if steps != frames.shape[0]:
             raise ValueError(f"the geometry has {steps} frames but {frames.shape[0]} were read from the video "
@@ -577,22 +584,97 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def score_group(group: dict, done: dict, source: Source, options: dict, progress) -> tuple:
-    """(the group with every video scored, skipped or failed, Counts)."""
-    counts = Counts()
-    videos = [None] * len(group["videos"])
-    pending, loaded = [], []
+@dataclass
+class ReadGroup:
+    """A group read for scoring: ``videos`` holds the entries of the videos skipped (scored
+    before) or failed (could not be read), None for the others; ``pending`` their positions and
+    ``loaded`` their (frames, geometry), in the same order."""
+
+    videos: list
+    pending: list
+    loaded: list
+    counts: Counts
+
+
+def read_group(group: dict, done: dict, source: Source, clock: Optional[scoring.StageClock] = None) -> ReadGroup:
+    """Reads the videos of ``group`` that ``done`` does not hold; a video that cannot be read
+    is recorded with its error (which names the file), never raised."""
+    read = ReadGroup([None] * len(group["videos"]), [], [], Counts())
     for position, video in enumerate(group["videos"]):
         previous = done.get((group["group_id"], video["video_path"]))
         if previous is not None:
-            videos[position] = _with_previous(video, previous)
-            counts.skipped += 1
+            read.videos[position] = _with_previous(video, previous)
+            read.counts.skipped += 1
             continue
         try:
-            loaded.append(source.load(video["video_path"]))
-            pending.append(position)
+            read.loaded.append(source.load(video["video_path"], clock))
+            read.pending.append(position)
         except Exception as exc:  # a video that cannot be read is recorded, the run goes on
-            videos[position] = {**_clean(video), ERROR_KEY: _describe(exc)}
+            read.videos[position] = {**_clean(video), ERROR_KEY: _describe(exc)}
+    return read
+
+
+class GroupReader:
+    """Reads groups in a thread of its own, in order, so that decoding and loading the next
+    group overlap scoring the current one. It reads a group only when fewer than ``ahead``
+    groups wait to be taken (``next``): memory holds the group being scored and at most
+    ``ahead`` read ones. ``next(index)`` returns the read group ``index`` (the next one in
+    order); an error of the thread is raised there, naming the group. ``close()`` stops the
+    thread (before its next group) and waits for it; the thread is a daemon, so an interrupted
+    run never waits on it. ``times``: the thread's seconds per stage."""
+
+    def __init__(self, groups: list, indices: list, done: dict, source: Source, ahead: int = 1):
+        import queue
+        import threading
+
+        self.groups, self.indices, self.done, self.source = groups, list(indices), done, source
+        self.times: dict = {}
+        self.queue = queue.Queue()
+        self.slots = threading.Semaphore(ahead)  # taken by a read group until ``next`` hands it over
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="vgpa-score-reader", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        clock = scoring.StageClock(self.times, torch.device("cpu"))
+        for index in self.indices:
+            while not self.slots.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    return
+            if self.stop.is_set():
+                return
+            clock.lap("waiting for the scoring")
+            try:
+                item = (index, read_group(self.groups[index], self.done, self.source, clock), None)
+            except BaseException as exc:  # handed to the scoring thread, which raises it
+                item = (index, None, exc)
+            self.queue.put(item)
+            clock.lap("read glue")
+            if item[2] is not None:
+                return
+
+    def next(self, index: int) -> ReadGroup:
+        got, read, error = self.queue.get()
+        self.slots.release()
+        group_id = self.groups[got]["group_id"]
+        if error is not None:
+            raise RuntimeError(f"reading group {group_id!r} failed: {type(error).__name__}: {error}") from error
+        if got != index:  # the thread reads the indices given, in order
+            raise RuntimeError(f"the reading thread handed over group {group_id!r} in place of group "
+                               f"{self.groups[index]['group_id']!r}")
+        return read
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def score_group(group: dict, done: dict, source: Source, options: dict, progress,
+                read: Optional[ReadGroup] = None) -> tuple:
+    """(the group with every video scored, skipped or failed, Counts). ``read``: the group as
+    read_group read it (by a GroupReader), else it is read here."""
+    read = read_group(group, done, source) if read is None else read
+    videos, pending, loaded, counts = read.videos, read.pending, read.loaded, read.counts
     results = {}
     if pending:
         try:
@@ -730,6 +812,28 @@ def summarize(groups: list, counts: Counts, min_gap: float, min_motion: float) -
     return "\n".join(lines)
 
 
+# The stages time_summary reports: those of the reading thread overlap the others.
+READ_STAGES = ("decode", "load", "geometry model")
+SCORING_STAGES = ("score", "write", "waiting for the reader")
+
+
+def time_summary(times: dict, scored: int) -> str:
+    """One line: the wall time, videos scored per second, and each stage's seconds and share of
+    the wall time (the reading thread's stages overlap the scoring's, so shares can add up to
+    more than 100%)."""
+    wall = times.get("wall", 0.0)
+
+    def part(stage):
+        seconds = times.get(stage, 0.0)
+        return f"{stage} {seconds:.2f} s ({100 * seconds / wall:.0f}%)" if wall > 0 else f"{stage} {seconds:.2f} s"
+
+    rate = f"{scored / wall:.2f} videos/s" if wall > 0 else "-"
+    read = [part(stage) for stage in READ_STAGES if stage in times]
+    return (f"time: {wall:.2f} s for {scored} videos scored ({rate}); "
+            + ", ".join(part(stage) for stage in SCORING_STAGES if stage in times)
+            + (f"; reading: {', '.join(read)}" if read else ""))
+
+
 def say(text: str, stream=None) -> None:
     """Prints ``text`` on ``stream`` (stdout), escaping what its encoding cannot hold (a group id
     in another script under an ASCII locale) instead of failing at the end of a run."""
@@ -802,7 +906,9 @@ def _agree(world: int, error: Optional[CommandError], payload):
     return payload
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, timings: Optional[dict] = None) -> int:
+    """The command on parsed arguments; returns the exit status. ``timings``: a dict that gets
+    this process's seconds per stage (time_summary's stages, and "wall")."""
     names = _check_arguments(args)
     groups = load_groups(args.input)
     source = Source(root=args.input.resolve().parent, num_frames=args.num_frames, size=args.size,
@@ -836,12 +942,25 @@ def run(args: argparse.Namespace) -> int:
             mine = list(range(rank, len(groups), world))
             advance, close = _progress(sum(len(groups[k]["videos"]) for k in mine), not args.no_progress, rank)
             total = Counts()
+            times = {} if timings is None else timings
+            clock = scoring.StageClock(times, device)
+            # Geometry files: a thread reads the next group while this one is scored. A geometry
+            # model runs here, in the scoring thread (it holds the device).
+            reader = GroupReader(groups, mine, done, source) if source.geometry_dir is not None and mine else None
+            started = time.perf_counter()
             try:
                 for start in range(0, len(groups), world):  # one round: one group per process
                     index = start + rank
                     record = None
                     if index < len(groups):
-                        scored, counts = score_group(groups[index], done, source, options, advance)
+                        clock.lap("between groups")
+                        if reader is not None:
+                            read = reader.next(index)
+                            clock.lap("waiting for the reader")
+                        else:
+                            read = read_group(groups[index], done, source, clock)
+                        scored, counts = score_group(groups[index], done, source, options, advance, read=read)
+                        clock.lap("score")
                         record = (index, scored, counts)
                     records = [record]
                     if world > 1:
@@ -859,11 +978,18 @@ def run(args: argparse.Namespace) -> int:
                         except OSError as exc:
                             raise CommandError(f"--out {args.out} cannot be written ({exc.strerror or exc}); it holds "
                                                "what was scored before: rerun to resume", EXIT_FAILED) from exc
+                        clock.lap("write")
             finally:
+                if reader is not None:
+                    reader.close()
+                    for stage, seconds in reader.times.items():
+                        times[stage] = times.get(stage, 0.0) + seconds
+                times["wall"] = time.perf_counter() - started
                 close()
             code = 0
             if rank == 0:
                 say(summarize(state, total, args.min_gap, args.min_motion))
+                say(time_summary(times, total.scored))
                 if not any(_is_scored(video) for group in state for video in group["videos"]):
                     say(f"vgpa score: every video failed, {args.out} holds no score (the reasons are in its "
                         "'error' fields)", sys.stderr)

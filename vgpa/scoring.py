@@ -10,6 +10,7 @@ for a whole stack.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -58,6 +59,27 @@ class ScoringOptions:
     backend: str
     points: str = "depth"
     conf_ties: str = "first"
+    clock: Optional["StageClock"] = None
+
+
+class StageClock:
+    """Adds the seconds since the previous lap to ``timings[stage]`` at each ``lap(stage)``,
+    the device synchronised first (asynchronous GPU work is counted in the stage that queued
+    it). Without ``timings`` (None) it does nothing and never synchronises."""
+
+    def __init__(self, timings: Optional[dict], device: torch.device):
+        self.timings = timings
+        self.device = device
+        self.start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.timings is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.start
+        self.start = now
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,8 @@ def _three_dcs(batch: VideoBatch, options: ScoringOptions) -> dict:
     else:
         cloud = point_cloud(batch.depth, batch.intrinsics, batch.extrinsics, batch.frames, conf=batch.confidence,
                             conf_threshold=options.conf_threshold, conf_ties=options.conf_ties)
+    if options.clock is not None:
+        options.clock.lap("3dcs cloud")
     distances = []
 
     def recorded_lpips(render, frame):  # keeps the distances, so that LPIPS is reported on its own too
@@ -232,9 +256,22 @@ def relative_to_first_camera(extrinsics: Tensor) -> Tensor:
     return _cameras.relative_transform(extrinsics[None].to(torch.float64), pairs)[0]
 
 
+def _in_first_camera(point_map: Tensor, first: Tensor) -> Tensor:
+    """World points (T, H, W, 3) in the frame of the first camera ``first`` (4, 4) float64, as
+    the cameras are: X_0 = R_0 X + t_0, computed in float64 and rounded once to float32 (the
+    dtype the ops take; float64 points stay float64). A first camera at the origin (VGGT's
+    convention) leaves the map as it is, which the transform would give bit for bit."""
+    dtype = torch.float64 if point_map.dtype == torch.float64 else torch.float32
+    if torch.equal(first, torch.eye(4, dtype=first.dtype, device=first.device)):
+        return point_map.to(dtype)
+    moved = torch.addmm(first[:3, 3], point_map.reshape(-1, 3).to(device=first.device, dtype=torch.float64),
+                        first[:3, :3].T)
+    return moved.reshape(point_map.shape).to(dtype)
+
+
 def _check_video(index, geometry, frames, needs_frames, conf_threshold, points="depth"):
     """(depth, confidence, intrinsics, extrinsics (T, 4, 4) float64 relative to the first
-    camera, frames or None, point map in that frame (float64) or None) of one video, checked;
+    camera, frames or None, point map in that frame or None) of one video, checked;
     errors name the video. ``needs_frames``: the names of the requested metrics that read
     frames; ``conf_threshold`` > 0 needs a confidence for 3DCS; ``points`` "point_map" with 3DCS
     needs the record's point map."""
@@ -284,9 +321,8 @@ def _check_video(index, geometry, frames, needs_frames, conf_threshold, points="
         extrinsics = relative_to_first_camera(extrinsics)
     except _cameras.CameraError as exc:
         raise ValueError(f"{where}: {exc}") from None
-    if point_map is not None:  # into the first camera's frame, as the cameras: X_0 = R_0 X + t_0
-        point_map = point_map.to(device=first.device, dtype=torch.float64)
-        point_map = (point_map[..., None, :] * first[:3, :3]).sum(-1) + first[:3, 3]
+    if point_map is not None:
+        point_map = _in_first_camera(point_map, first)
     if frames is None:
         frames = _field(geometry, "frames")
     if frames is None:
@@ -311,7 +347,7 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
                  lpips: Optional[Callable] = None, lpips_weight: float = 1.0,
                  pairs: Union[Tensor, Sequence[Sequence[int]], None] = None, backend: str = "auto",
                  device: Union[str, torch.device, None] = None, batch_size: Optional[int] = None,
-                 points: str = "depth", conf_ties: str = "first") -> list:
+                 points: str = "depth", conf_ties: str = "first", timings: Optional[dict] = None) -> list:
     """Geometric-consistency scores of each video; returns one dict {key: float} per video, in
     the order of ``geometries``.
 
@@ -354,7 +390,14 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
     any score. Raises ValueError / TypeError naming the video for a record that cannot be
     scored (shapes that do not match, fewer than 2 frames, no frames for 3DCS, no confidence
     with ``conf_threshold`` > 0).
+
+    timings: a dict to which the seconds of each stage are added: "checks" (the records checked,
+    the cameras made relative), "to device" (stacking and the copy to ``device`` in float32),
+    "3dcs cloud" (the point cloud with its confidence filter), "3dcs" (render and error), each
+    other metric by name, and "read back" (the scores to Python floats). A GPU is synchronised
+    at the end of each stage, which only a timed call pays.
     """
+    clock = StageClock(timings, torch.device("cpu"))
     names = resolve_metrics(metrics)
     if isinstance(lpips_weight, bool) or not isinstance(lpips_weight, (int, float)) or not math.isfinite(lpips_weight):
         raise TypeError(f"{OP}: lpips_weight must be a finite number, got {lpips_weight!r}")
@@ -384,8 +427,11 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
               for i, g in enumerate(geometries)]
     if pairs is not None and not isinstance(pairs, Tensor):
         pairs = torch.as_tensor(pairs, dtype=torch.int64)
+    clock.device = device
     options = ScoringOptions(float(conf_threshold), lpips, float(lpips_weight),
-                             None if pairs is None else pairs.to(device), backend, points, conf_ties)
+                             None if pairs is None else pairs.to(device), backend, points, conf_ties,
+                             None if timings is None else clock)
+    clock.lap("checks")
 
     stacks = {}
     for index, (depth, confidence, _, _, video_frames, _) in enumerate(videos):
@@ -397,10 +443,14 @@ def score_videos(geometries: Sequence, *, frames: Optional[Sequence[Optional[Ten
         for start in range(0, len(indices), step):
             chunk = indices[start:start + step]
             batch = _stack([videos[i] for i in chunk], device)
+            clock.lap("to device")
             for metric in table:
-                for key, values in metric.compute(batch, options).items():
+                computed = metric.compute(batch, options)
+                clock.lap(metric.name)
+                for key, values in computed.items():
                     for i, value in zip(chunk, values.double().tolist()):
                         results[i][key] = value
+                clock.lap("read back")
     return results
 
 
@@ -408,6 +458,8 @@ def _stack(videos, device) -> VideoBatch:
     def stack(position, dtype=torch.float32):
         if videos[0][position] is None:
             return None
-        return torch.stack([video[position].to(device=device, dtype=dtype) for video in videos])
+        parts = [video[position].to(device=device, dtype=dtype) for video in videos]
+        # one video: a view, not a copy (the common case of a pipeline scoring videos one by one)
+        return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)
 
     return VideoBatch(stack(0), stack(1), stack(2), stack(3), stack(4), stack(5))

@@ -109,10 +109,15 @@ def point_cloud(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, colors: T
 
 def _gather(world, colors, selection) -> PointCloud:
     """The selected pixels' points (B, N, 3) and colours (B, T, C, H, W), packed."""
-    b = world.shape[0]
+    b, pixels = world.shape[:2]
     pixel_colors = colors.permute(0, 1, 3, 4, 2).reshape(b, -1, colors.shape[2])
-    points = torch.cat([world[i, index] for i, index in enumerate(selection)])
-    point_colors = torch.cat([pixel_colors[i, index] for i, index in enumerate(selection)])
+
+    def take(values):  # the selection is ascending: all pixels selected is every row as it is
+        parts = [values[i] if index.numel() == pixels else values[i].index_select(0, index)
+                 for i, index in enumerate(selection)]
+        return parts[0] if b == 1 else torch.cat(parts)
+
+    points, point_colors = take(world), take(pixel_colors)
     counts = torch.tensor([index.numel() for index in selection], dtype=torch.int64, device=world.device)
     return PointCloud(points.contiguous(), point_colors.contiguous(), counts)
 

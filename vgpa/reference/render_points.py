@@ -188,7 +188,9 @@ def point_cloud_selection(depth: Tensor | None, conf: Tensor | None, conf_thresh
         valid &= torch.isfinite(flat_conf) & (flat_conf > 1e-5)
     selection = []
     for b in range(videos):
-        index = valid[b].nonzero().squeeze(1)
+        # every pixel qualifying (the common case: a model's confidence is positive) needs no search
+        index = torch.arange(valid.shape[1], device=valid.device) if bool(valid[b].all()) \
+            else valid[b].nonzero().squeeze(1)
         if conf is not None and conf_threshold > 0 and index.numel():
             keep = confidence_keep_count(index.numel(), conf_threshold)
             values = flat_conf[b, index]
