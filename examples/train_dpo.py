@@ -66,6 +66,7 @@ MODE_DEFAULTS = {
     "lora_alpha": (vt.LORA_ALPHA, 16),
 }
 TINY_FAMILIES = ("cogvideox", "cogvideox-i2v", "wan", "wan-ti2v")
+TINY_META = "meta_data.json"  # the tiny data's groups file, in VideoGPA's format
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -211,7 +212,7 @@ def write_tiny_data(directory: Path, family: str, seed: int) -> Path:
         winner, loser = vt.select_videogpa_pair(videos)
         lines.append(json.dumps({"winner": winner["latent_path"], "loser": loser["latent_path"],
                                  "prompt_embeds": winner["condition_path"], "prompt": f"tiny prompt {g}"}))
-    meta = directory / "meta_data.json"
+    meta = directory / TINY_META
     meta.write_text(json.dumps({"groups": groups}, indent=1))
     (directory / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return meta
@@ -306,9 +307,12 @@ def main(args):
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
     if args.tiny:
         transformer, noise_scheduler = build_tiny_model(args.tiny_family)
-        with accelerator.main_process_first():
-            pairs_path = Path(args.pairs) if args.pairs else write_tiny_data(
-                output_dir / "tiny_data", args.tiny_family, args.seed)
+        pairs_path = Path(args.pairs) if args.pairs else output_dir / "tiny_data" / TINY_META
+        # One process a machine writes the data, the others wait for it: a second writer would
+        # truncate the files while the first one reads them.
+        with accelerator.local_main_process_first():
+            if not args.pairs and accelerator.is_local_main_process:
+                write_tiny_data(pairs_path.parent, args.tiny_family, args.seed)
     else:
         transformer = AutoModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="transformer",
                                                 revision=args.revision, torch_dtype=weight_dtype)
