@@ -104,12 +104,29 @@ class BuildExtWithCuda(build_ext):
         elif config.cache_dir():
             print(f"vgpa: compile cache {config.cache_dir()} (VGPA_BUILD_CACHE)", flush=True)
             self._cache_host_compiles()
+        self._kernels_without_cuda_macro()  # outermost: the cache keys the filtered command
         self.cache_hits = []  # one bool per cached compile, host and nvcc
         super().build_extensions()
         if self.cache_hits:
             reused = sum(self.cache_hits)
             print(f"vgpa: compile cache: {reused} of {len(self.cache_hits)} objects reused, "
                   f"{len(self.cache_hits) - reused} compiled", flush=True)
+
+    def _kernels_without_cuda_macro(self):
+        """Compiles the C++ kernels of vgpa._C (csrc/<op>.cpp) without VGPA_WITH_CUDA: only the
+        bindings depend on whether CUDA is compiled in (the kernels' headers merely declare the
+        CUDA entry points under it), so a CUDA and a CPU-only build make the same kernel objects
+        and the compile cache hands them from one to the other (an sdist installed CPU-only)."""
+        compiler = self.compiler
+        compile_one = compiler._compile
+        macro = "-DVGPA_WITH_CUDA=1"
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            if os.path.dirname(os.path.normpath(src)) == "csrc" and not src.endswith("bindings.cpp"):
+                cc_args = [arg for arg in cc_args if arg != macro]
+            compile_one(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        compiler._compile = _compile
 
     def _cache_host_compiles(self):
         compiler = self.compiler

@@ -430,7 +430,9 @@ def test_cpu_lane_loops_edge_shapes(height, width):
         assert torch.equal(out.valid_mask, mask) and torch.equal(out.valid_count, count)
         torch.testing.assert_close(out.error, mean, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(out.error_map, error_map, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
+        # float32 gradients of 1 - cos at a nearly grazing normal amplify rounding: on fresh
+        # inputs one element in thousands differs from the float32 reference by ~3e-4 relative.
+        torch.testing.assert_close(grad, grad_ref, atol=1e-4, rtol=1e-3)
     for out, grad in runs[1:3]:
         assert torch.equal(out.error, runs[0][0].error) and torch.equal(grad, runs[0][1])
 

@@ -51,7 +51,8 @@ PACKAGE_DIRS = {"vgpa/kernels": "kernels", "vgpa/bench": "bench"}
 HOST_CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
 
 # The AddressSanitizer build (VGPA_SANITIZE=address; python -m vgpa_tools.gpu_proof sanitize).
-SANITIZER_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+# -O1 after the build's -O3: what ASan recommends, and the build takes half the time.
+SANITIZER_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-O1"]
 
 # CPU flags (/proc/cpuinfo) of the x86-64 levels the SIMD clones are built for (csrc/common.h:
 # VGPA_CPU_SIMD_CLONES), as the loader's choice among them tests them; the newest level the CPU
