@@ -732,6 +732,25 @@ def _launch_two_processes(*args, timeout=300, config_file=None, script=SCRIPT):
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+def _assert_resume_is_exact(common, out, tmp_path, trace, step, config_file=None):
+    """Runs ``common`` again in two processes from ``out``'s checkpoint at ``step`` alone (and its
+    tiny data): the same pairs per rank, then bitwise the same weights, as the uninterrupted run
+    whose per-rank ``trace`` is given."""
+    resumed_out = tmp_path / "resumed"
+    shutil.copytree(out / f"checkpoint-{step}", resumed_out / f"checkpoint-{step}")
+    shutil.copytree(out / "tiny_data", resumed_out / "tiny_data")
+    resumed = _launch_two_processes(*common, "--output-dir", resumed_out, "--trace-dir", tmp_path / "trace-resumed",
+                                    "--resume-from-checkpoint", "latest", config_file=config_file)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming from checkpoint" in resumed.stderr
+    resumed_trace = _trace(tmp_path / "trace-resumed")
+    for rank in (0, 1):
+        assert resumed_trace[rank] == trace[rank][step:]
+    final, resumed_final = _lora_file(out), _lora_file(resumed_out)
+    assert final.keys() == resumed_final.keys()
+    assert all(torch.equal(final[key], resumed_final[key]) for key in final)
+
+
 def _trace(folder):
     return {rank: [json.loads(line) for line in (folder / f"rank-{rank}.jsonl").read_text().splitlines()]
             for rank in (0, 1)}
@@ -769,16 +788,4 @@ def test_two_processes_share_the_pairs_stay_in_sync_and_resume_exactly(tmp_path)
         "adapter_config.json", "adapter_model.safetensors", "optimizer.bin", "pytorch_lora_weights.safetensors",
         "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin"]
 
-    resumed_out = tmp_path / "resumed"
-    shutil.copytree(out / "checkpoint-3", resumed_out / "checkpoint-3")
-    shutil.copytree(out / "tiny_data", resumed_out / "tiny_data")
-    resumed = _launch_two_processes(*common, "--output-dir", resumed_out, "--trace-dir", tmp_path / "trace-resumed",
-                                    "--resume-from-checkpoint", "latest")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "resuming from checkpoint" in resumed.stderr
-    resumed_trace = _trace(tmp_path / "trace-resumed")
-    for rank in (0, 1):  # the same pairs, then bitwise the same weights, as the uninterrupted run
-        assert resumed_trace[rank] == trace[rank][3:]
-    final, resumed_final = _lora_file(out), _lora_file(resumed_out)
-    assert final.keys() == resumed_final.keys()
-    assert all(torch.equal(final[key], resumed_final[key]) for key in final)
+    _assert_resume_is_exact(common, out, tmp_path, trace, step=3)

@@ -4,13 +4,12 @@ sharded checkpoints resume bitwise, and the exported LoRA file is the sharded st
 in one process. Shipped config: examples/accelerate/fsdp2_cpu.yaml."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_training import REPO, _launch_two_processes, _lora_file, _script_module, _trace
+from test_training import REPO, _assert_resume_is_exact, _launch_two_processes, _lora_file, _script_module, _trace
 
 import peft  # noqa: E402  (test_training skips the module without the train extras)
 import safetensors.torch  # noqa: E402
@@ -106,16 +105,4 @@ def test_fsdp2_script_resumes_bitwise_from_a_sharded_checkpoint(tmp_path):
     assert exported.keys() == sharded.keys() and exported
     assert all(torch.equal(exported[key], sharded[key]) for key in exported)
 
-    resumed_out = tmp_path / "resumed"
-    shutil.copytree(checkpoint, resumed_out / "checkpoint-1")
-    shutil.copytree(out / "tiny_data", resumed_out / "tiny_data")
-    resumed = _launch_two_processes(*common, "--output-dir", resumed_out, "--trace-dir", tmp_path / "trace-resumed",
-                                    "--resume-from-checkpoint", "latest", config_file=CPU_CONFIG)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "resuming from checkpoint" in resumed.stderr
-    resumed_trace = _trace(tmp_path / "trace-resumed")
-    for rank in (0, 1):  # the same pairs, then bitwise the same weights, as the uninterrupted run
-        assert resumed_trace[rank] == trace[rank][1:]
-    final, resumed_final = _lora_file(out), _lora_file(resumed_out)
-    assert final.keys() == resumed_final.keys()
-    assert all(torch.equal(final[key], resumed_final[key]) for key in final)
+    _assert_resume_is_exact(common, out, tmp_path, trace, step=1, config_file=CPU_CONFIG)
