@@ -32,7 +32,8 @@ PYTEST_INI = "[pytest]\npython_files = bench_*.py\nconsider_namespace_packages =
 FULL_CPU_MINUTES = "about 11 minutes"
 
 DURATIONS = ("on the idle 2-core CPU machine, estimated from the committed run's medians (bench/README.md): "
-             f"the default run about 1.5 minutes, --quick under 1 minute, --full {FULL_CPU_MINUTES}")
+             f"the default run about 1.5 minutes before the pipeline entries joined it (they lengthen it), --quick under "
+             f"1 minute, --full {FULL_CPU_MINUTES}")
 
 
 def parse_args(argv=None):
