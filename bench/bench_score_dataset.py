@@ -69,8 +69,11 @@ class Dataset:
 
 
 def source_shape(size: int) -> tuple:
-    """(frames, height, width) of the generated video files."""
-    return (49, 480, 720) if size >= 518 else (12, size, size * 3 // 2 // 2 * 2)
+    """(frames, height, width) of the generated video files: even sides, as mp4 (mp4v) stores them."""
+    def even(n):
+        return n + n % 2
+
+    return (49, 480, 720) if size >= 518 else (12, even(size), even(size * 3 // 2))
 
 
 def write_dataset(root: Path, groups: int, videos: int, frames: int, size: int) -> Path:

@@ -96,6 +96,14 @@ def test_pipeline_checks_reject_wrong_scores():
         dataset_check({"a": dict(SCORES)}, {"a": SCORES, "b": SCORES})
 
 
+def test_dataset_videos_can_be_written_at_every_size():
+    """mp4 (mp4v) stores even sides only: every full size's video files must have them."""
+    for device, quick in ((torch.device(d), q) for d in ("cpu", "cuda") for q in (False, True)):
+        for size in bench_score_dataset.ENTRY.sizes(device, quick):
+            _, height, width = bench_score_dataset.source_shape(size.dims[3])
+            assert height % 2 == 0 and width % 2 == 0, (size.dims, height, width)
+
+
 def test_videogpa_unprojection_is_the_inverse_of_the_projection():
     """The peer's statement of Depth Anything 3's unprojection: each world point projects back to
     its pixel at its depth."""
