@@ -289,6 +289,7 @@ def test_gradients_match_autograd_through_kornia(backend, dev, dtype, squared):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("squared", [False, True])
 def test_gradients_match_the_reference(backend, dev, dtype, squared):
+    """The kernels' analytic backward against autograd of the reference (backend "torch")."""
     F, x1, x2, counts = _scene(RAGGED, dtype, dev, seed=8, noise=1.0)
     weight = torch.randn(sum(RAGGED), dtype=dtype, generator=torch.Generator().manual_seed(1))
 
