@@ -108,8 +108,8 @@ def sampson_distance(fundamental: Tensor, x1: Tensor, x2: Tensor, offsets: Tenso
     d2 = sampson_squared(*sampson_terms(f, a[:, 0], a[:, 1], b[:, 0], b[:, 1])[4:])
     if not squared:
         # d == 0 has the zero gradient of the formulas above, not the square root's infinite one.
-        positive = d2 > 0
-        d2 = torch.where(positive, sqrt_rn(torch.where(positive, d2, 1)), 0)
+        zero = d2 == 0
+        d2 = torch.where(zero, 0, sqrt_rn(torch.where(zero, 1, d2)))
     return torch.where(usable, d2, torch.nan)
 
 
