@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 import vgpa.training as vt
 from vgpa import _extras, pairs
-from vgpa.reference.diffusion_dpo_loss import LOSS_TYPES, REFERENCE_FREE_LOSS_TYPES
+from vgpa.torch_math.dpo import LOSS_TYPES, REFERENCE_FREE_LOSS_TYPES
 from vgpa.training import recipe
 
 # --help works without the train extra; a run checks for it first (main).

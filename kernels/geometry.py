@@ -86,7 +86,7 @@ def affine_point(m_ptr, u, v, z):
 @triton.jit
 def warp_pixel(pm_ptr, u, v, z):
     """Source pixel (u, v) with depth z (> 0) warped by the pair matrix at pm_ptr (3x4, see
-    vgpa.reference.geometry.pair_projection): q = M [u, v, 1, 1/z], z' = z q_z,
+    vgpa.torch_math.camera.pair_projection): q = M [u, v, 1, 1/z], z' = z q_z,
     (u', v') = q_xy / q_z. Returns (z', u', v', dz'/dz, du'/dz, dv'/dz, q_z); the caller
     checks q_z > 0 (u', v' are garbage otherwise)."""
     m0, m1, m2, m3 = tl.load(pm_ptr + 0), tl.load(pm_ptr + 1), tl.load(pm_ptr + 2), tl.load(pm_ptr + 3)

@@ -602,6 +602,29 @@ def test_torch_compile_fullgraph_dro_sft_and_per_pair_beta():
     _assert_compiled_matches_eager(step, model_pred)
 
 
+def test_torch_backend_checks_the_weight_eagerly_and_compiled():
+    """Backend "torch" runs the reference outside the registered ops: its weight check is an op
+    of its own, so a compiled graph raises as eager code does. The registered ops take the
+    kernel backends only."""
+    model_pred, ref_pred, target = _inputs((4, 3, 5), torch.float32, torch.device("cpu"))
+
+    def loss(w):
+        return vgpa.diffusion_dpo_loss(model_pred, ref_pred, target, beta=1.0, weight=w, backend="torch").loss
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    good = torch.rand(4, 3, 1) + 0.5
+    torch.testing.assert_close(compiled(good), loss(good), rtol=0, atol=0)
+    nan_weight = good.clone()
+    nan_weight[1, 2, 0] = float("nan")
+    for fn in (loss, compiled):
+        with pytest.raises(ValueError, match="^diffusion_dpo_loss: the weight sums to <= 0"):
+            fn(torch.zeros(4, 3, 1))
+        with pytest.raises(ValueError, match="^diffusion_dpo_loss: weight holds NaN"):
+            fn(nan_weight)
+    with pytest.raises(ValueError, match="registered ops run the kernel backends"):
+        torch.ops.vgpa.diffusion_dpo_loss_errors(model_pred, ref_pred, target, None, 1, 1, "torch")
+
+
 def test_module_takes_dro_sft_and_a_beta_per_call():
     model_pred, ref_pred, target = _inputs((4, 2, 3, 5), torch.float32, torch.device("cpu"))
     dro = vgpa.DiffusionDPOLoss(loss_type="dro", sft_weight=0.2)

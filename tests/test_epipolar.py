@@ -215,6 +215,17 @@ def test_non_finite_coordinates_spoil_only_their_match(backend, dev):
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_match_that_overflows_is_nan(backend, dev):
+    """Finite coordinates whose terms overflow float32 give NaN (inf / inf), never a number."""
+    F = torch.eye(3, device=dev)[None]
+    x1 = torch.tensor([[1e30, 2.0], [3.0, 4.0]], device=dev)
+    x2 = torch.tensor([[1e30, 1.0], [0.5, 1.0]], device=dev)
+    for squared in (False, True):
+        d = vgpa.sampson_distance(F, x1, x2, counts=[2], squared=squared, backend=backend)
+        assert d[0].isnan() and d[1].isfinite()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_all_invalid_matches(backend, dev):
     F, x1, x2, counts = _scene([3, 4], torch.float32, dev, seed=17)
     x1 = torch.full_like(x1, float("nan"))
@@ -289,6 +300,7 @@ def test_gradients_match_autograd_through_kornia(backend, dev, dtype, squared):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("squared", [False, True])
 def test_gradients_match_the_reference(backend, dev, dtype, squared):
+    """The kernels' analytic backward against autograd of the reference (backend "torch")."""
     F, x1, x2, counts = _scene(RAGGED, dtype, dev, seed=8, noise=1.0)
     weight = torch.randn(sum(RAGGED), dtype=dtype, generator=torch.Generator().manual_seed(1))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vgpa
-from vgpa.reference import fundamental_matrix as reference
+from vgpa.torch_math import fundamental_matrix as solver
 
 from conftest import KERNEL_BACKENDS
 from geometry_inputs import rotation
@@ -37,7 +37,7 @@ def two_view_scene(pairs, matches, *, noise=0.0, outliers=0.0, seed=0, dtype=tor
     zero = torch.zeros_like(t[:, 0])
     skew = torch.stack([zero, -t[:, 2], t[:, 1], t[:, 2], zero, -t[:, 0], -t[:, 1], t[:, 0], zero], -1).view(-1, 3, 3)
     K_inv = torch.linalg.inv(K)
-    F = reference.canonical_scale(K_inv.T @ skew @ R @ K_inv)
+    F = solver.canonical_scale(K_inv.T @ skew @ R @ K_inv)
     x1 = x1 + noise * torch.randn(x1.shape, generator=g, dtype=f64)
     x2 = x2 + noise * torch.randn(x2.shape, generator=g, dtype=f64)
     bad = int(round(outliers * matches))
@@ -111,7 +111,7 @@ def test_eight_point_matches_kornia_find_fundamental(dtype):
         theirs = kornia.geometry.epipolar.find_fundamental(x1, x2, weights=w)
         if dtype == torch.float64:
             # kornia adds 1e-8 to the mean radius of its Hartley scale: a ~1e-9 relative change.
-            torch.testing.assert_close(ours.F, reference.canonical_scale(theirs), atol=1e-7, rtol=0)
+            torch.testing.assert_close(ours.F, solver.canonical_scale(theirs), atol=1e-7, rtol=0)
         # Through the Sampson distances (float32: both fits are within rounding of the same F).
         torch.testing.assert_close(sampson(ours.F, x1, x2), sampson(theirs, x1, x2), atol=5e-3, rtol=1e-3)
 
@@ -240,7 +240,7 @@ def test_seven_point_equals_a_direct_solve_on_random_samples():
     g = torch.Generator().manual_seed(21)
     x1 = torch.randn(300, 7, 2, generator=g, dtype=torch.float64)
     x2 = torch.randn(300, 7, 2, generator=g, dtype=torch.float64)
-    F, valid = reference.seven_point(rows_of(x1), rows_of(x2), 1e-7)
+    F, valid = solver.seven_point(rows_of(x1), rows_of(x2), 1e-7)
     assert F.shape == (300, 3, 3, 3) and valid.shape == (300, 3)
     real_roots = []
     for i in range(300):
@@ -260,16 +260,16 @@ def test_seven_point_equals_a_direct_solve_on_random_samples():
     residual = torch.einsum("nmi,nrij,nmj->nrm", h2, F.nan_to_num(), h1)
     assert residual.abs().max() < 1e-12 and torch.linalg.det(F.nan_to_num()).abs().max() < 1e-14
     assert F[~valid].isnan().all() and F[valid].isfinite().all()
-    again = reference.seven_point(rows_of(x1), rows_of(x2), 1e-7)
+    again = solver.seven_point(rows_of(x1), rows_of(x2), 1e-7)
     assert torch.equal(again[0].nan_to_num(7.0), F.nan_to_num(7.0)) and torch.equal(again[1], valid)
 
 
 def test_seven_point_recovers_the_true_F_of_a_noise_free_scene():
     x1, x2, F_true = two_view_scene(64, 7, seed=22)
-    n1, t1, _ = reference.hartley_normalization(rows_of(x1), torch.ones(64, 7, dtype=torch.float64))
-    n2, t2, _ = reference.hartley_normalization(rows_of(x2), torch.ones(64, 7, dtype=torch.float64))
-    F, valid = reference.seven_point(n1, n2, 1e-7)
-    pixel = reference.canonical_scale(t2.mT[:, None] @ F @ t1[:, None])
+    n1, t1, _ = solver.hartley_normalization(rows_of(x1), torch.ones(64, 7, dtype=torch.float64))
+    n2, t2, _ = solver.hartley_normalization(rows_of(x2), torch.ones(64, 7, dtype=torch.float64))
+    F, valid = solver.seven_point(n1, n2, 1e-7)
+    pixel = solver.canonical_scale(t2.mT[:, None] @ F @ t1[:, None])
     error = (pixel - F_true[:, None]).flatten(2).abs().amax(2).nan_to_num(1.0)
     assert valid.any(1).all() and error.amin(1).max() < 1e-9
 
@@ -284,12 +284,12 @@ def test_seven_point_gives_nothing_for_degenerate_samples():
     x2[2] = h[:, :2] / h[:, 2:]  # all 7 on one homography
     x1[3, 0, 1] = float("nan")
     x1, x2 = x1 / 100, x2 / 100  # about Hartley's scale
-    F, valid = reference.seven_point(rows_of(x1), rows_of(x2), 1e-7)
+    F, valid = solver.seven_point(rows_of(x1), rows_of(x2), 1e-7)
     assert valid.tolist()[:4] == [[False] * 3] * 4 and F[:4].isnan().all()
     assert valid[4].any()
     # float32 rounding of an exactly degenerate sample stays degenerate at float32's tolerance.
     rounded = (x1[:3].float().double(), x2[:3].float().double())
-    assert not reference.seven_point(rows_of(rounded[0]), rows_of(rounded[1]), 1e-5)[1].any()
+    assert not solver.seven_point(rows_of(rounded[0]), rows_of(rounded[1]), 1e-5)[1].any()
 
 
 def test_cubic_real_roots_with_one_three_double_and_triple_roots():
@@ -298,7 +298,7 @@ def test_cubic_real_roots_with_one_three_double_and_triple_roots():
         for f in factors:
             poly = torch.nn.functional.conv1d(poly.view(1, 1, -1), torch.tensor(f, dtype=torch.float64).flip(0)
                                               .view(1, 1, -1), padding=len(f) - 1).view(-1)
-        t, real = reference.cubic_real_roots(*poly)
+        t, real = solver.cubic_real_roots(*poly)
         return sorted(t[real].tolist())
 
     assert roots_of([1.0, -1.0], [1.0, -2.0], [1.0, -3.0]) == pytest.approx([1.0, 2.0, 3.0], abs=1e-14)
@@ -315,7 +315,7 @@ def test_cubic_real_roots_with_one_three_double_and_triple_roots():
 def test_the_pencil_cubic_is_det_of_t_a_plus_b():
     g = torch.Generator().manual_seed(24)
     A, B = torch.randn(2, 50, 9, generator=g, dtype=torch.float64)
-    c3, c2, c1, c0 = reference.pencil_cubic(A, B)
+    c3, c2, c1, c0 = solver.pencil_cubic(A, B)
     for t in (-1.5, 0.0, 0.7, 3.0):
         det = torch.linalg.det((t * A + B).view(-1, 3, 3))
         torch.testing.assert_close(((c3 * t + c2) * t + c1) * t + c0, det, atol=1e-12, rtol=1e-12)
@@ -361,8 +361,8 @@ def test_ransac_is_bitwise_deterministic_and_seeded():
     runs = [vgpa.fundamental_matrix(x1, x2, method="ransac", iterations=32, seed=5, backend="torch")
             for _ in range(2)]
     assert torch.equal(runs[0].F, runs[1].F) and torch.equal(runs[0].inliers, runs[1].inliers)
-    samples = reference.ransac_samples(torch.tensor([80, 80, 80]), 32, 5)
-    assert not torch.equal(samples, reference.ransac_samples(torch.tensor([80, 80, 80]), 32, 6))
+    samples = solver.ransac_samples(torch.tensor([80, 80, 80]), 32, 5)
+    assert not torch.equal(samples, solver.ransac_samples(torch.tensor([80, 80, 80]), 32, 6))
 
 
 def test_ransac_in_rounds_equals_scoring_every_sample(monkeypatch):
@@ -395,7 +395,7 @@ def test_ransac_in_rounds_equals_scoring_every_sample(monkeypatch):
 
 def test_ransac_samples_are_distinct_in_range_uniform_and_independent_of_other_pairs():
     counts = torch.tensor([7, 9, 1000, 3, 0, 57])
-    samples = reference.ransac_samples(counts, 2000, 123)
+    samples = solver.ransac_samples(counts, 2000, 123)
     assert samples.shape == (6, 2000, 7) and samples.dtype == torch.int64
     top = counts.clamp_min(7)[:, None, None]
     assert ((samples >= 0) & (samples < top)).all()
@@ -406,10 +406,10 @@ def test_ransac_samples_are_distinct_in_range_uniform_and_independent_of_other_p
     hits = torch.bincount(samples[5].flatten(), minlength=57).double()
     assert (hits - 2000 * 7 / 57).abs().max() < 75
     # A pair's samples depend on its own count and index only.
-    other = reference.ransac_samples(torch.tensor([7, 9, 1000, 500, 11, 57]), 2000, 123)
+    other = solver.ransac_samples(torch.tensor([7, 9, 1000, 500, 11, 57]), 2000, 123)
     assert torch.equal(other[[0, 1, 2, 5]], samples[[0, 1, 2, 5]])
     # Drawn in ranges and for some pairs only (RANSAC's rounds): the same samples.
-    part = reference.ransac_samples(counts[[2, 5]], 300, 123, first=1700, pair_index=torch.tensor([2, 5]))
+    part = solver.ransac_samples(counts[[2, 5]], 300, 123, first=1700, pair_index=torch.tensor([2, 5]))
     assert torch.equal(part, samples[[2, 5], 1700:])
 
 
@@ -421,7 +421,7 @@ def test_select_hypothesis_is_sequential_adaptive_ransac():
     scores[1, 7, 2] = 99
     scores[0, :, 1:] = 0  # one solution per sample, as for a cubic with one real root
     for confidence in (0.5, 0.99, 0.999, 1.0):
-        chosen = reference.select_hypothesis(scores, counts, confidence)
+        chosen = solver.select_hypothesis(scores, counts, confidence)
         for p in range(4):
             best, best_index = -1, 0
             for s in range(300):  # the textbook loop, over samples and then their solutions
@@ -435,7 +435,7 @@ def test_select_hypothesis_is_sequential_adaptive_ransac():
                     if s + 1 >= needed:
                         break
             assert chosen[p].item() == best_index, (confidence, p)
-    full = reference.select_hypothesis(scores, counts, 1.0)
+    full = solver.select_hypothesis(scores, counts, 1.0)
     assert torch.equal(scores.flatten(1).gather(1, full[:, None])[:, 0], scores.flatten(1).max(1).values)
 
 

@@ -14,7 +14,7 @@ from geometry_inputs import random_cameras, random_depth, rotation
 
 import vgpa
 from vgpa import metrics
-from vgpa.reference import geometry
+from vgpa.torch_math import camera
 
 ALL_BACKENDS = [pytest.param("torch", id="torch")] + KERNEL_BACKENDS
 HERE = Path(__file__).resolve().parent
@@ -127,6 +127,12 @@ def test_direct_custom_op_calls_check_what_the_kernels_index():
     with pytest.raises(ValueError, match="frames must be"):
         ops.render_consistency(points, colors, offsets, counts, rows, torch.rand(2, 1, 2, 4, 4), background, False,
                                -1, "cpu")
+    # "torch" is the reference, run outside the registered ops.
+    with pytest.raises(ValueError, match="registered ops run the kernel backends"):
+        ops.render_points(points, colors, offsets, counts, rows, background, 4, 4, -1, "torch")
+    with pytest.raises(ValueError, match="registered ops run the kernel backends"):
+        ops.reprojection_error(depth, None, intrinsics, extrinsics, torch.tensor([[0, 1]]), "abs_rel", "strict", None,
+                               False, "torch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +179,7 @@ def _translated(extrinsics, shift):
     so E' = E [[I, -c], [0, 1]]."""
     move = torch.eye(4, dtype=torch.float64)
     move[:3, 3] = -shift
-    return geometry.as_pose_4x4(extrinsics.double()) @ move
+    return camera.as_pose_4x4(extrinsics.double()) @ move
 
 
 def _moving_cameras(frames=3, height=12, width=10):
@@ -243,10 +249,10 @@ def test_camera_rounding_is_relative_to_each_entry():
     extrinsics = torch.eye(4, dtype=torch.float64).repeat(1, 2, 1, 1)
     extrinsics[0, 1, :3, :3] = rotation(torch.tensor([0.0, 0.0, 0.03], dtype=torch.float64))
     extrinsics[0, :, :3, 3] = 1e9
-    relative = geometry.relative_transform(extrinsics, torch.tensor([[0, 1]]))
+    relative = camera.relative_transform(extrinsics, torch.tensor([[0, 1]]))
     torch.testing.assert_close(relative[0, 0, :3, :3], extrinsics[0, 1, :3, :3], rtol=0, atol=1e-15)
     intrinsics = torch.tensor([[500.0, 0, 300], [0, 500, 200], [0, 0, 1]], dtype=torch.float64).expand(1, 2, 3, 3)
-    maps = geometry.frame_ray_maps(intrinsics, extrinsics)
+    maps = camera.frame_ray_maps(intrinsics, extrinsics)
     torch.testing.assert_close(maps[0, 0, :, :3], torch.linalg.inv(intrinsics[0, 0]), rtol=1e-14, atol=0)
     assert maps[0, 0, 0, 0] == 1 / 500  # not rounded to 0
 
@@ -353,24 +359,24 @@ def _singular_camera_cases(depth, intrinsics, extrinsics, frames):
         cases += [
             (f"reprojection singular K {backend}", lambda b=backend: vgpa.reprojection_error(depth, singular_k,
                                                                                              extrinsics, backend=b),
-             geometry.SingularCameraError, r"^reprojection_error: " + k_message),
+             camera.SingularCameraError, r"^reprojection_error: " + k_message),
             (f"normal_stability singular K {backend}", lambda b=backend: vgpa.normal_stability(depth, singular_k,
                                                                                                extrinsics, backend=b),
-             geometry.SingularCameraError, r"^normal_stability: " + k_message),
+             camera.SingularCameraError, r"^normal_stability: " + k_message),
             (f"depth_to_normals singular K {backend}", lambda b=backend: vgpa.depth_to_normals(depth, singular_k,
                                                                                                backend=b),
-             geometry.SingularCameraError, r"^depth_to_normals: intrinsics matrix K at index \(1,\) is singular"),
+             camera.SingularCameraError, r"^depth_to_normals: intrinsics matrix K at index \(1,\) is singular"),
             (f"mvcs singular E {backend}", lambda b=backend: metrics.mvcs(depth, intrinsics, singular_e, backend=b),
-             geometry.SingularCameraError, r"^mvcs: extrinsics matrix E at index \(0, 2\) is singular"),
+             camera.SingularCameraError, r"^mvcs: extrinsics matrix E at index \(0, 2\) is singular"),
             (f"unproject_depth E last row {backend}",
              lambda b=backend: vgpa.unproject_depth(depth, intrinsics, bad_row, backend=b),
              ValueError, r"^unproject_depth: extrinsics matrix E must have the last row \[0, 0, 0, 1\]"),
         ]
     return cases + [
         ("point_cloud singular K", lambda: vgpa.point_cloud(depth, singular_k, extrinsics, frames),
-         geometry.SingularCameraError, r"^point_cloud: " + k_message),
+         camera.SingularCameraError, r"^point_cloud: " + k_message),
         ("point_cloud singular E", lambda: vgpa.point_cloud(depth, intrinsics, singular_e, frames),
-         geometry.SingularCameraError, r"^point_cloud: extrinsics matrix E at index \(0, 2\) is singular"),
+         camera.SingularCameraError, r"^point_cloud: extrinsics matrix E at index \(0, 2\) is singular"),
         ("SingularCameraError is a ValueError", lambda: vgpa.reprojection_error(depth, singular_k, extrinsics),
          ValueError, r"^reprojection_error: " + k_message),
     ]

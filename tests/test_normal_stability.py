@@ -11,7 +11,7 @@ from conftest import KERNEL_BACKENDS
 from geometry_inputs import random_cameras, random_depth, rotation
 
 import vgpa
-from vgpa.reference import geometry
+from vgpa.torch_math import camera
 from vgpa.reference import normal_stability as ref
 
 # The Triton interpreter evaluates NaN/inf lanes of masked-out pixels with numpy, which warns.
@@ -40,8 +40,8 @@ def random_inputs(batch=2, frames=3, height=7, width=9, dtype=torch.float32):
 
 def rays(intrinsics, height, width):
     """K^-1 [u, v, 1] (..., H, W, 3) in float64, r_z = 1 for an upper-triangular K."""
-    return geometry.unproject(torch.ones(intrinsics.shape[:-2] + (height, width), dtype=torch.float64),
-                              geometry.inverse_intrinsics(intrinsics))
+    return camera.unproject(torch.ones(intrinsics.shape[:-2] + (height, width), dtype=torch.float64),
+                              camera.inverse_intrinsics(intrinsics))
 
 
 def plane_depth(r, normal, point):
@@ -106,7 +106,7 @@ def test_depth_to_normals_matches_reference(backend, device, dtype):
     (grad,) = torch.autograd.grad((out.normals * weight.to(device)).sum(), d)
 
     d_ref = depth.clone().requires_grad_()
-    kinv = geometry.inverse_intrinsics(k.expand(depth.shape[:2] + (3, 3))).to(dtype)
+    kinv = camera.inverse_intrinsics(k.expand(depth.shape[:2] + (3, 3))).to(dtype)
     normals, valid = ref.depth_to_normals(d_ref, kinv)
     (grad_ref,) = torch.autograd.grad((normals * weight).sum(), d_ref)
 
@@ -123,7 +123,7 @@ def test_depth_to_normals_matches_reference(backend, device, dtype):
 def test_depth_to_normals_reference_gradcheck():
     depth, intrinsics, _ = random_inputs(1, 1, 5, 6, dtype=torch.float64)
     depth = depth.abs().nan_to_num(2.0, 3.0).clamp_min(1.0)  # finite differences need valid depths
-    kinv = geometry.inverse_intrinsics(intrinsics)
+    kinv = camera.inverse_intrinsics(intrinsics)
     assert torch.autograd.gradcheck(lambda d: ref.depth_to_normals(d, kinv)[0], depth.requires_grad_())
 
 
@@ -491,9 +491,9 @@ def test_bad_inputs_raise_clear_errors():
     singular = intrinsics.clone()
     singular[0, 1] = 0
     for backend in ("cpu", "torch"):
-        with pytest.raises(geometry.SingularCameraError, match=r"intrinsics matrix K at index \(0, 1\)"):
+        with pytest.raises(camera.SingularCameraError, match=r"intrinsics matrix K at index \(0, 1\)"):
             ns(depth, singular, extrinsics, backend=backend)
-        with pytest.raises(geometry.SingularCameraError, match="intrinsics"):
+        with pytest.raises(camera.SingularCameraError, match="intrinsics"):
             dn(depth, singular, backend=backend)
     with pytest.raises(ValueError, match="broadcastable"):
         dn(depth, intrinsics[:, :2])

@@ -4,6 +4,10 @@ Backends: "cuda" (CUDA C++ in vgpa._C), "triton" (vgpa.kernels), "cpu" (C++/Open
 vgpa._C), "torch" (the pure-PyTorch reference). "auto" takes the first backend of
 ``AUTO_ORDER`` that can run on the tensors' device. ``VGPA_BACKEND`` replaces "auto".
 
+The ops registered with torch.library hold the kernel backends only (``KERNEL_BACKENDS``);
+"torch" runs the reference outside them, as plain torch code that autograd differentiates and
+torch.compile traces.
+
 A test instrument, not a user backend: with ``VGPA_CUDA_EMULATION=1`` and the module
 vgpa._C_cuda_emu built (``VGPA_BUILD_CUDA_EMULATION=1``), backend "cuda" also accepts CPU tensors
 and runs the CUDA kernels through the host emulation of the CUDA execution model
@@ -23,6 +27,7 @@ import sys
 import torch
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
+KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 ENV_BACKEND = "VGPA_BACKEND"
 
 # Preference per device type for backend="auto".
@@ -213,6 +218,14 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
     reason = why_unavailable(backend, device)
     if reason is not None:
         raise BackendUnavailableError(f"{op}: {source} cannot run here: {reason}")
+    return backend
+
+
+def kernel_backend(op: str, backend: str) -> str:
+    """``backend`` as a registered op takes it: one of ``KERNEL_BACKENDS``, already resolved."""
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"{op}: the registered ops run the kernel backends {KERNEL_BACKENDS}, got {backend!r}; "
+                         "backend 'torch' is the reference, which the public function calls directly")
     return backend
 
 

@@ -38,7 +38,7 @@ import torch
 from . import _backend, scoring
 from .geometry import POINT_SOURCES
 from .pairs import MIN_GAP, MIN_MOTION, MOTION_KEY, SCORE_KEY, select_videogpa_pair
-from .reference.render_points import CONF_TIES
+from .torch_math.point_cloud import CONF_TIES
 
 PROVIDERS = {
     # --geometry NAME: (module with the model class, install command)

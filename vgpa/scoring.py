@@ -24,8 +24,8 @@ from .ops.normal_stability import normal_stability
 from .ops.point_cloud import point_cloud, point_map_cloud
 from .ops.reprojection_error import reprojection_error
 from .pairs import MOTION_KEY, SCORE_KEY
-from .reference import geometry as _cameras
-from .reference.render_points import CONF_TIES
+from .torch_math import camera as _cameras
+from .torch_math.point_cloud import CONF_TIES
 
 OP = "score_videos"
 

@@ -3,9 +3,10 @@
 The heavy part, per-(sample, segment) weighted squared errors of the policy and the reference
 against the target, runs in one pass over the three tensors on the chosen backend (over two,
 model_pred and target, for the reference-free "dro"); the gradient is written in one more
-pass. The O(B) logit and loss math is plain PyTorch on (B, S) tensors, shared with the
-reference (vgpa.reference.diffusion_dpo_loss), so every loss type, the SFT anchor and
-per-pair betas only change the per-sample coefficient of that one backward pass.
+pass. The O(B) logit and loss math is plain PyTorch on (B, S) tensors (vgpa.torch_math.dpo), shared
+with the reference, so every loss type, the SFT anchor and per-pair betas only change the
+per-sample coefficient of that one backward pass. Backend "torch" is the reference
+(vgpa.reference.diffusion_dpo_loss), differentiated by autograd.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from .._dtypes import accumulation_dtype
 from .._layout import coalesce_per_sample
 from ..reference import diffusion_dpo_loss as reference
+from ..torch_math import dpo
 
 OP = "diffusion_dpo_loss"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -83,7 +86,7 @@ def _segment_counts(shape, frame_dim, segments):
     if segments == 1:
         return [inner]
     per_frame = inner // shape[frame_dim] if shape[frame_dim] else 0
-    return [(b - a) * per_frame for a, b in reference.segment_bounds(shape[frame_dim], segments)]
+    return [(b - a) * per_frame for a, b in dpo.segment_bounds(shape[frame_dim], segments)]
 
 
 def _num_chunks(sizes, segments, chunk):
@@ -111,7 +114,7 @@ def _launch(backend, name, m, t, w, sizes, strides, segments, chunk, **more):
 
 def _errors_kernel(backend, model_pred, ref_pred, target, weight, segments, frame_dim):
     n = model_pred.shape[0]
-    acc = reference.accumulation_dtype(model_pred.dtype)
+    acc = accumulation_dtype(model_pred.dtype)
     (m, r, t, w), sizes, strides = _kernel_layout(model_pred, ref_pred, target, weight, frame_dim, segments)
     chunk = CHUNK[backend]
     chunks = _num_chunks(sizes, segments, chunk)
@@ -154,28 +157,30 @@ def _grad_kernel(backend, scale, model_pred, target, weight, segments, frame_dim
 # torch.library registration: opaque to torch.compile, differentiable w.r.t. model_pred.
 
 
-@torch.library.custom_op("vgpa::diffusion_dpo_loss_errors", mutates_args=())
-def _errors_op(model_pred: Tensor, ref_pred: Optional[Tensor], target: Tensor, weight: Optional[Tensor],
-               segments: int, frame_dim: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(model_err, ref_err, weight_sum); ref_err is zeros when ref_pred is None."""
-    if backend == "torch":
-        out = reference.dpo_errors(model_pred, ref_pred, target, weight, segments, frame_dim)
-        if out[1] is None:
-            out = (out[0], torch.zeros_like(out[0]), out[2])
-    else:
-        out = _errors_kernel(backend, model_pred, ref_pred, target, weight, segments, frame_dim)
-    if weight is not None and not bool((out[2] > 0).all()):
-        if torch.isnan(out[2]).any():  # read only on this error path: no extra sync otherwise
+def _check_weight_sum(weight_sum):
+    """Every sample (and segment) needs a positive total weight: its errors divide by it."""
+    if not bool((weight_sum > 0).all()):
+        if torch.isnan(weight_sum).any():  # read only on this error path: no extra sync otherwise
             raise ValueError(f"{OP}: weight holds NaN; every sample (and segment) needs a finite positive "
                              "total weight")
         raise ValueError(f"{OP}: the weight sums to <= 0 over some sample or segment; every "
                          "sample (and segment) needs a positive total weight")
+
+
+@torch.library.custom_op("vgpa::diffusion_dpo_loss_errors", mutates_args=())
+def _errors_op(model_pred: Tensor, ref_pred: Optional[Tensor], target: Tensor, weight: Optional[Tensor],
+               segments: int, frame_dim: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(model_err, ref_err, weight_sum); ref_err is zeros when ref_pred is None."""
+    out = _errors_kernel(_backend.kernel_backend(OP, backend), model_pred, ref_pred, target, weight, segments,
+                         frame_dim)
+    if weight is not None:
+        _check_weight_sum(out[2])
     return tuple(x.contiguous() for x in out)
 
 
 @_errors_op.register_fake
 def _(model_pred, ref_pred, target, weight, segments, frame_dim, backend):
-    acc = reference.accumulation_dtype(model_pred.dtype)
+    acc = accumulation_dtype(model_pred.dtype)
     shape = (model_pred.shape[0], segments)
     return tuple(model_pred.new_empty(shape, dtype=acc) for _ in range(3))
 
@@ -183,9 +188,7 @@ def _(model_pred, ref_pred, target, weight, segments, frame_dim, backend):
 @torch.library.custom_op("vgpa::diffusion_dpo_loss_grad", mutates_args=())
 def _grad_op(scale: Tensor, model_pred: Tensor, target: Tensor, weight: Optional[Tensor],
              segments: int, frame_dim: int, backend: str) -> Tensor:
-    if backend == "torch":
-        return _grad_reference(scale, model_pred, target, weight, segments, frame_dim)
-    return _grad_kernel(backend, scale, model_pred, target, weight, segments, frame_dim)
+    return _grad_kernel(_backend.kernel_backend(OP, backend), scale, model_pred, target, weight, segments, frame_dim)
 
 
 @_grad_op.register_fake
@@ -193,20 +196,18 @@ def _(scale, model_pred, target, weight, segments, frame_dim, backend):
     return torch.empty_like(model_pred)
 
 
-def _grad_reference(scale, model_pred, target, weight, segments, frame_dim):
-    acc = scale.dtype
-    diff = model_pred.to(acc) - target.to(acc)
-    if weight is not None:
-        diff = diff * weight.to(acc)
-    if segments == 1:
-        factor = scale.view((-1,) + (1,) * (model_pred.dim() - 1))
-    else:
-        sizes = [b - a for a, b in reference.segment_bounds(model_pred.shape[frame_dim], segments)]
-        per_frame = scale.repeat_interleave(torch.tensor(sizes, device=scale.device), dim=1)
-        view = [1] * model_pred.dim()
-        view[0], view[frame_dim] = model_pred.shape[0], model_pred.shape[frame_dim]
-        factor = per_frame.view(view)
-    return (factor * diff).to(model_pred.dtype)
+@torch.library.custom_op("vgpa::diffusion_dpo_loss_checked_weight_sum", mutates_args=())
+def _checked_weight_sum(weight_sum: Tensor) -> Tensor:
+    """The weight check of the kernels' op for the "torch" backend (plain torch code that
+    torch.compile traces): as an op of its own it runs when a compiled graph runs. Returns a
+    copy, which the caller divides by, so that the check cannot be dropped."""
+    _check_weight_sum(weight_sum)
+    return weight_sum.clone()
+
+
+@_checked_weight_sum.register_fake
+def _(weight_sum):
+    return torch.empty_like(weight_sum)
 
 
 def _setup_context(ctx, inputs, output):
@@ -254,7 +255,7 @@ def _beta_bounds(acc):
 def _check_beta(beta, loss_type, model_pred, acc):
     pairs = model_pred.shape[0] // 2
     if beta is None:
-        if loss_type not in reference.REFERENCE_FREE_LOSS_TYPES:
+        if loss_type not in dpo.REFERENCE_FREE_LOSS_TYPES:
             raise ValueError(f"{OP}: loss_type={loss_type!r} needs beta (a number > 0, or a ({pairs},) tensor "
                              "with one value per pair)")
         return
@@ -285,13 +286,13 @@ def _check_beta(beta, loss_type, model_pred, acc):
 
 def _check_inputs(model_pred, ref_pred, target, beta, loss_type, label_smoothing, sft_weight, weight,
                   pair_weight, segments, frame_dim):
-    if loss_type not in reference.LOSS_TYPES:
-        raise ValueError(f"{OP}: unknown loss_type {loss_type!r}; choose one of {reference.LOSS_TYPES}")
-    reference_free = loss_type in reference.REFERENCE_FREE_LOSS_TYPES
+    if loss_type not in dpo.LOSS_TYPES:
+        raise ValueError(f"{OP}: unknown loss_type {loss_type!r}; choose one of {dpo.LOSS_TYPES}")
+    reference_free = loss_type in dpo.REFERENCE_FREE_LOSS_TYPES
     if ref_pred is None and not reference_free:
         raise ValueError(f"{OP}: ref_pred is None but loss_type={loss_type!r} compares the policy with a "
                          f"reference; pass the reference prediction, or use a reference-free loss type "
-                         f"{reference.REFERENCE_FREE_LOSS_TYPES}")
+                         f"{dpo.REFERENCE_FREE_LOSS_TYPES}")
     if ref_pred is not None and reference_free:
         raise ValueError(f"{OP}: loss_type={loss_type!r} uses no reference prediction; pass ref_pred=None "
                          "(a given one would only be read for nothing)")
@@ -317,7 +318,7 @@ def _check_inputs(model_pred, ref_pred, target, beta, loss_type, label_smoothing
                          f"got shape {tuple(model_pred.shape)}")
     if model_pred.numel() == 0:
         raise ValueError(f"{OP}: model_pred has no elements (shape {tuple(model_pred.shape)})")
-    acc = reference.accumulation_dtype(model_pred.dtype)
+    acc = accumulation_dtype(model_pred.dtype)
     _check_beta(beta, loss_type, model_pred, acc)
     if not _is_number(label_smoothing):
         raise TypeError(f"{OP}: label_smoothing must be a number, got {type(label_smoothing).__name__} "
@@ -402,22 +403,31 @@ def diffusion_dpo_loss(model_pred: Tensor, ref_pred: Optional[Tensor], target: T
                   pair_weight, segments, frame_dim)
     resolved = _backend.resolve(backend, model_pred.device, OP)
     frame_dim = frame_dim % model_pred.dim() if model_pred.dim() > 1 else 1
-    acc = reference.accumulation_dtype(model_pred.dtype)
+    acc = accumulation_dtype(model_pred.dtype)
     if weight is not None:
         weight = weight.detach().to(acc)
-    model_err, ref_err, _ = _errors_op(model_pred, None if ref_pred is None else ref_pred.detach(),
-                                       target.detach(), weight, segments, frame_dim, resolved)
-    if ref_pred is None:
-        ref_err = None
+    ref_pred = None if ref_pred is None else ref_pred.detach()
+    if resolved == "torch":  # the reference, differentiated by autograd
+        model_sum, ref_sum, weight_sum = reference.dpo_weighted_sums(model_pred, ref_pred, target.detach(), weight,
+                                                                     segments, frame_dim)
+        if weight is not None:
+            weight_sum = _checked_weight_sum(weight_sum)
+        model_err = model_sum / weight_sum
+        ref_err = None if ref_sum is None else ref_sum / weight_sum
+    else:
+        model_err, ref_err, _ = _errors_op(model_pred, ref_pred, target.detach(), weight, segments, frame_dim,
+                                           resolved)
+        if ref_pred is None:
+            ref_err = None
     beta = beta.detach().to(acc) if isinstance(beta, Tensor) else None if beta is None else float(beta)
-    logits = reference.dpo_logits(model_err, ref_err, beta)
+    logits = dpo.dpo_logits(model_err, ref_err, beta)
     pairs = logits.shape[0]
     # Every term reaches model_pred through model_err only, so autograd sums the per-sample
     # coefficients and the kernels write the gradient in one pass.
-    loss = reference.dpo_loss_from_logits(logits, beta, loss_type, float(label_smoothing),
+    loss = dpo.dpo_loss_from_logits(logits, beta, loss_type, float(label_smoothing),
                                           None if pair_weight is None else pair_weight.detach(),
                                           float(sft_weight), model_err[:pairs])
-    accuracy, implicit, margin = reference.dpo_metrics(model_err, logits, beta)
+    accuracy, implicit, margin = dpo.dpo_metrics(model_err, logits, beta)
     if segments == 1:
         logits, model_err = logits[:, 0], model_err[:, 0]
         ref_err = None if ref_err is None else ref_err[:, 0]

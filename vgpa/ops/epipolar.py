@@ -9,9 +9,9 @@ F_p (x2^T F_p x1 = 0, pixel coordinates (u, v) as in docs/design.md 2):
   matches, the rest is padding (never read; its distance is NaN, its gradient 0).
 
 The Sampson expression, its evaluation order and its gradient are stated in
-vgpa.reference.epipolar, which the "torch" backend runs. Every operation is rounded on its own
-in every backend, so a distance and the inlier decision d^2 <= threshold^2 taken from it are
-the same bits on every backend.
+vgpa.reference.epipolar, which the "torch" backend runs (differentiated by autograd). Every
+operation is rounded on its own in every backend, so a distance and the inlier decision
+d^2 <= threshold^2 taken from it are the same bits on every backend.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .. import _backend
 from ..reference import epipolar as reference
+from ..torch_math.epipolar import threshold_squared
 
 OP_SAMPSON = "sampson_distance"
 OP_RANSAC = "ransac_inlier_count"
@@ -99,10 +100,9 @@ def _launch(backend, name, fundamental, x1, x2, offsets, counts, max_count, *, s
 @torch.library.custom_op("vgpa::sampson_distance", mutates_args=())
 def _sampson_op(fundamental: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, capacity: int, squared: bool,
                 backend: str) -> Tensor:
+    backend = _backend.kernel_backend(OP_SAMPSON, backend)
     fundamental, x1, x2 = fundamental.contiguous(), x1.contiguous(), x2.contiguous()
     offsets, max_count = _check_matches(OP_SAMPSON, fundamental, x1, x2, counts, capacity, 3)
-    if backend == "torch":
-        return reference.sampson_distance(fundamental, x1, x2, offsets, counts, squared)
     out = torch.full((x1.shape[0],), torch.nan, dtype=x1.dtype, device=x1.device)
     if backend == "triton":
         from ..kernels.epipolar import sampson_distance_forward
@@ -122,14 +122,13 @@ def _(fundamental, x1, x2, counts, capacity, squared, backend):
 @torch.library.custom_op("vgpa::sampson_distance_backward", mutates_args=())
 def _sampson_backward_op(grad: Tensor, fundamental: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, capacity: int,
                          squared: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    backend = _backend.kernel_backend(OP_SAMPSON, backend)
     fundamental, x1, x2 = fundamental.contiguous(), x1.contiguous(), x2.contiguous()
     offsets, max_count = _check_matches(OP_SAMPSON, fundamental, x1, x2, counts, capacity, 3)
     if grad.shape != (x1.shape[0],) or grad.dtype != x1.dtype or grad.device != x1.device:
         raise ValueError(f"{OP_SAMPSON}: the upstream gradient must be a {x1.dtype} ({x1.shape[0]},) tensor on "
                          f"{x1.device}, got {grad.dtype} {tuple(grad.shape)} on {grad.device}")
     grad = grad.contiguous()
-    if backend == "torch":
-        return reference.sampson_distance_backward(grad, fundamental, x1, x2, offsets, counts, squared)
     pairs, chunk = counts.shape[0], CHUNK[backend]
     chunks = -(-max_count // chunk)
     partials = torch.empty((pairs, chunks, 9), dtype=x1.dtype, device=x1.device)
@@ -175,12 +174,11 @@ _sampson_op.register_autograd(_sampson_backward, setup_context=_sampson_setup)
 @torch.library.custom_op("vgpa::ransac_inlier_count", mutates_args=())
 def _ransac_op(hypotheses: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, capacity: int, threshold: float,
                backend: str) -> Tensor:
+    backend = _backend.kernel_backend(OP_RANSAC, backend)
     hypotheses, x1, x2 = hypotheses.contiguous(), x1.contiguous(), x2.contiguous()
     offsets, max_count = _check_matches(OP_RANSAC, hypotheses, x1, x2, counts, capacity, 4)
     _check_threshold(threshold)
-    if backend == "torch":
-        return reference.ransac_inlier_count(hypotheses, x1, x2, offsets, counts, threshold)
-    limit = reference.threshold_squared(threshold, x1.dtype)
+    limit = threshold_squared(threshold, x1.dtype)
     pairs, count = hypotheses.shape[:2]
     inliers = torch.zeros((pairs, count), dtype=torch.int64, device=x1.device)
     if backend == "triton":
@@ -196,6 +194,21 @@ def _ransac_op(hypotheses: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, capac
 @_ransac_op.register_fake
 def _(hypotheses, x1, x2, counts, capacity, threshold, backend):
     return hypotheses.new_empty(hypotheses.shape[:2], dtype=torch.int64)
+
+
+@torch.library.custom_op("vgpa::epipolar_match_layout", mutates_args=())
+def _match_layout_op(fundamental: Tensor, x1: Tensor, x2: Tensor, counts: Tensor, capacity: int,
+                     op: str) -> tuple[Tensor, Tensor]:
+    """The kernels' match checks for the "torch" backend (plain torch code that torch.compile
+    traces): as an op of its own they run when a compiled graph runs. Returns (offsets, a copy
+    of counts), which the caller indexes with, so that the checks cannot be dropped."""
+    offsets, _ = _check_matches(op, fundamental, x1, x2, counts, capacity, 3 if op == OP_SAMPSON else 4)
+    return offsets, counts.clone()
+
+
+@_match_layout_op.register_fake
+def _(fundamental, x1, x2, counts, capacity, op):
+    return torch.empty_like(counts), torch.empty_like(counts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,8 +298,9 @@ def sampson_distance(F: Tensor, x1: Tensor, x2: Tensor, *, counts: Counts = None
     Computed in the input dtype, each operation rounded on its own in the order that
     vgpa.reference.epipolar states: bitwise the same on every backend.
 
-    Differentiable with respect to F, x1 and x2 (an analytic backward; each pair's dF is
-    summed over fixed chunks of its matches in a fixed order, so gradients are deterministic).
+    Differentiable with respect to F, x1 and x2 (an analytic backward, autograd on "torch"; each
+    pair's dF is summed over fixed chunks of its matches in a fixed order, so gradients are
+    deterministic).
     A match contributes no gradient where its upstream gradient is 0, its distance is the
     constant inf (denominator 0), or d == 0 for ``squared=False``.
     backend: "auto", "cuda", "triton", "cpu" or "torch".
@@ -297,7 +311,11 @@ def sampson_distance(F: Tensor, x1: Tensor, x2: Tensor, *, counts: Counts = None
     if not isinstance(squared, bool):
         raise TypeError(f"{op}: squared must be a bool, got {type(squared).__name__}")
     resolved = _backend.resolve(backend, F.device, op)
-    out = _sampson_op(F, x1_flat, x2_flat, counts, capacity, squared, resolved)
+    if resolved == "torch":  # the reference, differentiated by autograd
+        offsets, counts = _match_layout_op(F.detach(), x1_flat.detach(), x2_flat.detach(), counts, capacity, op)
+        out = reference.sampson_distance(F, x1_flat, x2_flat, offsets, counts, squared)
+    else:
+        out = _sampson_op(F, x1_flat, x2_flat, counts, capacity, squared, resolved)
     return out.view(x1.shape[:2]) if padded else out
 
 
@@ -323,5 +341,8 @@ def ransac_inlier_count(F_hypotheses: Tensor, x1: Tensor, x2: Tensor, *, thresho
     x1_flat, x2_flat, counts, capacity, _ = _flat_matches(op, F_hypotheses, x1, x2, counts)
     _check_threshold(threshold)
     resolved = _backend.resolve(backend, F_hypotheses.device, op)
-    return _ransac_op(F_hypotheses.detach(), x1_flat.detach(), x2_flat.detach(), counts, capacity, float(threshold),
-                      resolved)
+    hypotheses, x1_flat, x2_flat = F_hypotheses.detach(), x1_flat.detach(), x2_flat.detach()
+    if resolved == "torch":
+        offsets, counts = _match_layout_op(hypotheses, x1_flat, x2_flat, counts, capacity, op)
+        return reference.ransac_inlier_count(hypotheses, x1_flat, x2_flat, offsets, counts, float(threshold))
+    return _ransac_op(hypotheses, x1_flat, x2_flat, counts, capacity, float(threshold), resolved)

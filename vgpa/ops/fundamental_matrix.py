@@ -8,7 +8,7 @@ slices of pairs for large batches). RANSAC draws its minimal samples of 7 matche
 counter-based integer hash (identical on every device and backend), solves them with the
 closed-form 7-point solver in one batched call and scores their up to 3 hypotheses each with one
 call of :func:`vgpa.ransac_inlier_count` on the chosen backend, in rounds while adaptive stops
-are open when ``confidence`` < 1. The math is in vgpa.reference.fundamental_matrix.
+are open when ``confidence`` < 1. The math is in vgpa.torch_math.fundamental_matrix.
 
 Matches (``x1``, ``x2``), as for :func:`vgpa.sampson_distance`:
 - packed: (M_total, 2) with ``counts`` (P,): pair p owns the next counts[p] rows (``counts``
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ..reference import fundamental_matrix as reference
+from ..torch_math import fundamental_matrix as solver
 
 OP = "fundamental_matrix"
 POINT_DTYPES = (torch.float32, torch.float64)
@@ -188,7 +188,7 @@ def fundamental_matrix(x1, x2, *, counts=None, weights=None, method="8point", th
     every backend and device), each giving 1 or 3 hypotheses (the 7-point solver), scored with
     the fused :func:`vgpa.ransac_inlier_count` (inlier: Sampson distance <= ``threshold``
     pixels); the most inliers wins (ties: the lowest hypothesis index; ``confidence`` < 1 stops
-    the sequence of samples by the adaptive-RANSAC rule, see vgpa.reference.fundamental_matrix,
+    the sequence of samples by the adaptive-RANSAC rule, see vgpa.torch_math.fundamental_matrix,
     and only the samples up to the stop are solved, in rounds), then 8-point on its inliers.
     ``inliers`` are those of the refit F.
 
@@ -215,7 +215,7 @@ def _fit(x1, x2, counts, weights, method, threshold, iterations, confidence, see
     threshold, iterations, confidence, seed = check_ransac_options(OP, threshold, iterations, confidence, seed)
     _backend.resolve(backend, x1.device, OP)
     points, finite = _finite_points(layout, x1, x2)
-    tolerance = reference.RANK_TOLERANCE[x1.dtype]
+    tolerance = solver.RANK_TOLERANCE[x1.dtype]
     if method == "8point":
         w = layout.mask.double()
         if weights is not None:
@@ -249,11 +249,11 @@ EIGHT_POINT_ROWS = 1 << 15
 
 
 def _eight_point(points: Tensor, weights: Tensor, tolerance: float):
-    """reference.eight_point over slices of pairs of about EIGHT_POINT_ROWS padded rows each."""
+    """The 8-point solver over slices of pairs of about EIGHT_POINT_ROWS padded rows each."""
     step = max(EIGHT_POINT_ROWS // max(points.shape[-1], 1), 1)
     if points.shape[0] <= step:
-        return reference.eight_point(points, weights, tolerance)
-    fits = [reference.eight_point(points[i:i + step], weights[i:i + step], tolerance)
+        return solver.eight_point(points, weights, tolerance)
+    fits = [solver.eight_point(points[i:i + step], weights[i:i + step], tolerance)
             for i in range(0, points.shape[0], step)]
     return torch.cat([F for F, _ in fits]), torch.cat([ok for _, ok in fits])
 
@@ -277,10 +277,10 @@ def _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, s
                                        device=x1.device), torch.zeros(0, dtype=torch.int64, device=x1.device))
     # One Hartley normalisation per pair serves all its samples (the 7-point solutions transform
     # with the points).
-    normalised, transforms, ok = reference.hartley_normalization(points, layout.mask.double()[:, None])
-    usable = finite & ok.all(-1) & (layout.counts >= reference.SAMPLE_SIZE)
-    hypotheses = x1.new_full((pairs, iterations * reference.ROOTS, 3, 3), float("nan"))  # flat index s * 3 + r
-    scores = torch.zeros((pairs, iterations, reference.ROOTS), dtype=torch.int64, device=x1.device)
+    normalised, transforms, ok = solver.hartley_normalization(points, layout.mask.double()[:, None])
+    usable = finite & ok.all(-1) & (layout.counts >= solver.SAMPLE_SIZE)
+    hypotheses = x1.new_full((pairs, iterations * solver.ROOTS, 3, 3), float("nan"))  # flat index s * 3 + r
+    scores = torch.zeros((pairs, iterations, solver.ROOTS), dtype=torch.int64, device=x1.device)
     padded = points.to(x1.dtype)  # the matches as given (float32 -> float64 -> float32 is exact)
     # Pairs that cannot be valid are never solved. With confidence < 1 the samples go in rounds,
     # each for the pairs whose adaptive stop the samples so far do not decide: the same samples,
@@ -291,11 +291,11 @@ def _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, s
         found, solutions = _score_samples(layout, active, begin, end, normalised, transforms, padded, threshold,
                                           seed, backend, tolerance)
         scores[active, begin:end] = found
-        hypotheses[active, begin * reference.ROOTS:end * reference.ROOTS] = solutions
-        stop = reference.adaptive_stop(scores[active, :end], layout.counts[active], confidence)
+        hypotheses[active, begin * solver.ROOTS:end * solver.ROOTS] = solutions
+        stop = solver.adaptive_stop(scores[active, :end], layout.counts[active], confidence)
         active = active[stop >= end]
         begin, end = end, min(2 * end, iterations)
-    best = reference.select_hypothesis(scores, layout.counts, confidence)
+    best = solver.select_hypothesis(scores, layout.counts, confidence)
     pair_index = torch.arange(pairs, device=x1.device)
     best_count = scores.view(pairs, -1)[pair_index, best]
     best_F = hypotheses[pair_index, best]
@@ -303,7 +303,7 @@ def _ransac(layout, x1, x2, points, finite, threshold, iterations, confidence, s
     best_inliers = sampson_distance(best_F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
     weights = layout.to_padded(best_inliers, False).double()
     refit, ok = _eight_point(points, weights, tolerance)
-    valid = usable & ok & (best_count >= reference.SAMPLE_SIZE)
+    valid = usable & ok & (best_count >= solver.SAMPLE_SIZE)
     F = _masked(refit, valid).to(x1.dtype)
     inliers = sampson_distance(F, x1, x2, counts=counts, squared=True, backend=backend) <= threshold ** 2
     inliers = layout.to_matches(layout.to_padded(inliers, False))  # False on padding
@@ -318,14 +318,14 @@ def _score_samples(layout, active, begin, end, normalised, transforms, padded, t
     ransac_inlier_count call."""
     from .epipolar import ransac_inlier_count
 
-    pairs, samples, roots = active.shape[0], end - begin, reference.ROOTS
+    pairs, samples, roots = active.shape[0], end - begin, solver.ROOTS
     counts = layout.counts[active]
-    drawn = reference.ransac_samples(counts, samples, seed, begin, pair_index=active)  # (A, S, 7)
+    drawn = solver.ransac_samples(counts, samples, seed, begin, pair_index=active)  # (A, S, 7)
     # Pairs below 7 matches are never active; the padded width holds every sample.
     index = drawn.view(pairs, 1, 1, -1).expand(-1, 2, 2, -1)
-    sample_points = normalised[active].gather(3, index).view(pairs, 2, 2, samples, reference.MINIMAL_SAMPLE)
+    sample_points = normalised[active].gather(3, index).view(pairs, 2, 2, samples, solver.MINIMAL_SAMPLE)
     sample_points = sample_points.permute(0, 1, 3, 2, 4)  # (A, frame, S, uv, 7)
-    solved, present = reference.seven_point(sample_points[:, 0], sample_points[:, 1], tolerance)  # (A, S, 3, 3, 3)
+    solved, present = solver.seven_point(sample_points[:, 0], sample_points[:, 1], tolerance)  # (A, S, 3, 3, 3)
     t1, t2 = transforms[active].unbind(1)
     solutions = t2.mT[:, None, None] @ solved @ t1[:, None, None]
     solutions = solutions / solutions.flatten(-2).norm(dim=-1)[..., None, None]

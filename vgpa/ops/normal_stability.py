@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _backend, _checks, _pairwise
 from .._dtypes import accumulation_dtype as _acc
-from ..reference import geometry
+from ..torch_math import camera
 from ..reference import normal_stability as reference
 
 OP = "normal_stability"
@@ -139,10 +139,10 @@ def _pair_operators(intrinsics, extrinsics, pairs, warp, acc):
     """K^-1 per frame (B*T, 9), R_ji (B*P, 9) and the warp matrices (B*P, 12), contiguous in
     the accumulation dtype; identities without warp (the kernels then never read them)."""
     batch, frames = intrinsics.shape[:2]
-    kinv = geometry.inverse_intrinsics(intrinsics).to(acc).reshape(batch * frames, 9).contiguous()
+    kinv = camera.inverse_intrinsics(intrinsics).to(acc).reshape(batch * frames, 9).contiguous()
     if warp:
-        pair_matrices = geometry.pair_projection(intrinsics, extrinsics, pairs).to(acc)
-        rotations = geometry.relative_transform(extrinsics, pairs)[..., :3, :3].to(acc)
+        pair_matrices = camera.pair_projection(intrinsics, extrinsics, pairs).to(acc)
+        rotations = camera.relative_transform(extrinsics, pairs)[..., :3, :3].to(acc)
     else:
         eye = torch.eye(3, 4, dtype=acc, device=intrinsics.device)
         pair_matrices = eye.expand(batch, pairs.shape[0], 3, 4)
@@ -172,11 +172,12 @@ def _pair_buffers(depth, pairs, kinv, rotations, pair_matrices):
 
 @torch.library.custom_op("vgpa::depth_to_normals", mutates_args=())
 def _normals_op(depth: Tensor, intrinsics: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    backend = _backend.kernel_backend("depth_to_normals", backend)
     # depth (N, 1, H, W), intrinsics (N, 3, 3); K is checked here, eagerly, even when compiled.
     _check_depth("depth_to_normals", depth, 1)
     kinv = _checks.buffer("depth_to_normals", "intrinsics", intrinsics, (depth.shape[0], 3, 3), intrinsics.dtype,
                           depth.device)
-    kinv = geometry.inverse_intrinsics(kinv).to(_acc(depth.dtype)).reshape(-1, 9).contiguous()
+    kinv = camera.inverse_intrinsics(kinv).to(_acc(depth.dtype)).reshape(-1, 9).contiguous()
     normals, valid = _normals_kernel(backend, depth, kinv)
     return normals, valid, kinv
 
@@ -190,6 +191,7 @@ def _(depth, intrinsics, backend):
 
 @torch.library.custom_op("vgpa::depth_to_normals_backward", mutates_args=())
 def _normals_backward_op(grad_normals: Tensor, depth: Tensor, kinv: Tensor, backend: str) -> Tensor:
+    backend = _backend.kernel_backend("depth_to_normals", backend)
     _check_depth("depth_to_normals", depth, 1)
     n, _, height, width = depth.shape
     kinv = _checks.buffer("depth_to_normals", "kinv", kinv, (n, 9), _acc(depth.dtype), depth.device)
@@ -223,6 +225,7 @@ _normals_op.register_autograd(_normals_backward, setup_context=_normals_setup)
 def _stability_op(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Tensor], pairs: Tensor, warp: bool,
                   occlusion_tol: Optional[float], return_map: bool,
                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    backend = _backend.kernel_backend(OP, backend)
     # The pair-index and camera checks run here, eagerly, even inside a compiled graph.
     _check_depth(OP, depth)
     pairs = _checks.pair_indices(OP, pairs, depth.shape[1], depth.device)
@@ -249,6 +252,7 @@ def _(depth, intrinsics, extrinsics, pairs, warp, occlusion_tol, return_map, bac
 def _stability_backward_op(grad_error: Tensor, grad_map: Optional[Tensor], depth: Tensor, kinv: Tensor,
                            rotations: Tensor, pair_matrices: Tensor, pairs: Tensor, warp: bool,
                            occlusion_tol: Optional[float], backend: str) -> Tensor:
+    backend = _backend.kernel_backend(OP, backend)
     _check_depth(OP, depth)
     pairs = _checks.pair_indices(OP, pairs, depth.shape[1], depth.device)
     kinv, rotations, pair_matrices = _pair_buffers(depth, pairs, kinv, rotations, pair_matrices)
@@ -323,12 +327,12 @@ def depth_to_normals(depth: Tensor, intrinsics: Tensor, backend: str = "auto") -
     try:
         if resolved == "torch":
             normals, valid = reference.depth_to_normals(flat[:, 0],
-                                                        geometry.inverse_intrinsics(k).to(_acc(depth.dtype)))
+                                                        camera.inverse_intrinsics(k).to(_acc(depth.dtype)))
             normals = normals.to(depth.dtype)
         else:
             normals, valid, _ = _normals_op(flat, k, resolved)
-    except geometry.CameraError as exc:  # raised by the camera algebra, which does not know the op
-        raise geometry.named(op, exc) from None
+    except camera.CameraError as exc:  # raised by the camera algebra, which does not know the op
+        raise camera.named(op, exc) from None
     return DepthToNormalsResult(normals.view(lead + (3, height, width)), valid.view(depth.shape))
 
 
@@ -385,8 +389,8 @@ def normal_stability(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Ten
             mean, count, error_map, valid_mask, _, _, _ = _stability_op(depth, intrinsics,
                                                                         extrinsics if warp else None, pairs, warp,
                                                                         occlusion_tol, bool(return_map), resolved)
-    except geometry.CameraError as exc:  # raised by the camera algebra, which does not know the op
-        raise geometry.named(op, exc) from None
+    except camera.CameraError as exc:  # raised by the camera algebra, which does not know the op
+        raise camera.named(op, exc) from None
     if return_map:
         return NormalStabilityResult(mean, count, error_map, valid_mask)
     return NormalStabilityResult(mean, count)

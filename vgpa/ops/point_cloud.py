@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import _checks
 from .._dtypes import accumulation_dtype
-from ..reference import render_points as reference
+from ..torch_math.point_cloud import CONF_TIES, point_cloud_selection
 from .reprojection_error import _unproject_depth
 
 OP = "point_cloud"
@@ -72,8 +72,8 @@ def _check_conf_threshold(op, conf_threshold, conf):
 
 
 def _check_ties(op, conf_ties):
-    if conf_ties not in reference.CONF_TIES:
-        raise ValueError(f"{op}: conf_ties must be one of {reference.CONF_TIES}, got {conf_ties!r}")
+    if conf_ties not in CONF_TIES:
+        raise ValueError(f"{op}: conf_ties must be one of {CONF_TIES}, got {conf_ties!r}")
 
 
 def point_cloud(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, colors: Tensor,
@@ -103,7 +103,7 @@ def point_cloud(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, colors: T
     # Unprojected in the accumulation dtype, so half-precision depth still gives float32 points.
     world = _unproject_depth(OP, depth.to(accumulation_dtype(depth.dtype)), intrinsics, extrinsics,
                              "auto").reshape(b, -1, 3)
-    selection = reference.point_cloud_selection(depth, conf, float(conf_threshold), conf_ties)
+    selection = point_cloud_selection(depth, conf, float(conf_threshold), conf_ties)
     return _gather(world, colors, selection)
 
 
@@ -151,5 +151,5 @@ def point_map_cloud(points: Tensor, colors: Tensor, conf: Optional[Tensor] = Non
     _check_conf_threshold(OP_MAP, conf_threshold, conf)
     _check_ties(OP_MAP, conf_ties)
     world = points.to(torch.float64 if points.dtype == torch.float64 else torch.float32)
-    selection = reference.point_cloud_selection(None, conf, float(conf_threshold), conf_ties, points=world)
+    selection = point_cloud_selection(None, conf, float(conf_threshold), conf_ties, points=world)
     return _gather(world.reshape(b, -1, 3), colors, selection)

@@ -6,7 +6,8 @@ Two passes on the chosen backend: a z-buffer pass offers every landed point's in
 the nearest point wins and equal depths go to the smallest index whatever the thread order;
 then a resolve pass turns the keys into image, depth and coverage, or (``render_consistency``)
 straight into per-chunk squared-error partial sums without writing the render. The math is
-stated in vgpa.reference.render_points, which the "torch" backend runs.
+stated in vgpa.reference.render_points, which the "torch" backend runs; every backend gets the
+projection rows of vgpa.torch_math.render.
 
 Point clouds (``points`` argument):
 - a :class:`vgpa.PointCloud` (what :func:`vgpa.point_cloud` returns), with ``colors=None``;
@@ -28,6 +29,7 @@ from torch import Tensor
 from .. import _backend, _checks
 from .._dtypes import accumulation_dtype
 from ..reference import render_points as reference
+from ..torch_math import render
 from .point_cloud import PointCloud
 
 OP_RENDER = "render_points"
@@ -35,7 +37,7 @@ OP_CONSISTENCY = "render_consistency"
 POINT_DTYPES = (torch.float32, torch.float64)
 COLOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_SIDE = 1 << 22  # image sides up to this size keep every rounding step exact (see kernels)
-MAX_POINTS_PER_VIDEO = (1 << reference.INDEX_BITS) - 1  # a point's index fills 32 key bits
+MAX_POINTS_PER_VIDEO = (1 << render.INDEX_BITS) - 1  # a point's index fills 32 key bits
 
 # Pixels reduced into one partial sum, per backend: fixed, so sums are bitwise reproducible.
 CHUNK = {"cpu": 16384, "cuda": 4096, "triton": 4096}
@@ -119,7 +121,7 @@ def _check_cloud(op, points, colors, offsets, counts, rows, background, capacity
 
 def _zbuffer(backend, points, offsets, counts, rows, height, width, max_count):
     videos, frames = rows.shape[:2]
-    keys = torch.full((videos, frames, height, width), reference.EMPTY_KEY, dtype=torch.int64, device=points.device)
+    keys = torch.full((videos, frames, height, width), render.EMPTY_KEY, dtype=torch.int64, device=points.device)
     if backend == "triton":
         from ..kernels.render_points import render_points_zbuffer
 
@@ -191,12 +193,11 @@ def _consistency_kernel(backend, points, colors, offsets, counts, rows, frames, 
 def _render_op(points: Tensor, colors: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor, background: Tensor,
                height: int, width: int, capacity: int, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     # The cloud checks run here, eagerly, even inside a compiled graph.
+    backend = _backend.kernel_backend(OP_RENDER, backend)
     points, colors, rows, background = (x.contiguous() for x in (points, colors, rows, background))
     max_count = _check_cloud(OP_RENDER, points, colors, offsets, counts, rows, background, capacity)
     _check_size(OP_RENDER, "height", height)
     _check_size(OP_RENDER, "width", width)
-    if backend == "torch":
-        return reference.render_points(points, colors, offsets, counts, rows, height, width, background)
     return _render_kernel(backend, points, colors, offsets, counts, rows, background, height, width, max_count)
 
 
@@ -212,6 +213,7 @@ def _(points, colors, offsets, counts, rows, background, height, width, capacity
 def _consistency_op(points: Tensor, colors: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor, frames: Tensor,
                     background: Tensor, masked: bool, capacity: int, backend: str) -> tuple[Tensor, Tensor]:
     # The cloud checks run here, eagerly, even inside a compiled graph.
+    backend = _backend.kernel_backend(OP_CONSISTENCY, backend)
     points, colors, rows, frames, background = (x.contiguous() for x in (points, colors, rows, frames, background))
     max_count = _check_cloud(OP_CONSISTENCY, points, colors, offsets, counts, rows, background, capacity)
     if frames.dim() != 5 or frames.shape[:3] != rows.shape[:2] + colors.shape[1:] or frames.dtype != colors.dtype \
@@ -220,8 +222,6 @@ def _consistency_op(points: Tensor, colors: Tensor, offsets: Tensor, counts: Ten
                          f"{tuple(rows.shape[:2] + colors.shape[1:])}, got {frames.dtype} {tuple(frames.shape)}")
     _check_size(OP_CONSISTENCY, "frame height", frames.shape[3])
     _check_size(OP_CONSISTENCY, "frame width", frames.shape[4])
-    if backend == "torch":
-        return reference.render_consistency(points, colors, offsets, counts, rows, frames, background, masked)
     return _consistency_kernel(backend, points, colors, offsets, counts, rows, frames, background, masked, max_count)
 
 
@@ -230,6 +230,21 @@ def _(points, colors, offsets, counts, rows, frames, background, masked, capacit
     acc = accumulation_dtype(frames.dtype)
     shape = frames.shape[:2]
     return frames.new_empty(shape, dtype=acc), frames.new_empty(shape, dtype=acc)
+
+
+@torch.library.custom_op("vgpa::render_cloud_layout", mutates_args=())
+def _cloud_layout_op(points: Tensor, colors: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor,
+                     background: Tensor, capacity: int, op: str) -> tuple[Tensor, Tensor]:
+    """The kernels' cloud checks for the "torch" backend (plain torch code that torch.compile
+    traces): as an op of its own they run when a compiled graph runs. Returns copies of offsets
+    and counts, which the caller renders with, so that the checks cannot be dropped."""
+    _check_cloud(op, points, colors, offsets, counts, rows, background, capacity)
+    return offsets.clone(), counts.clone()
+
+
+@_cloud_layout_op.register_fake
+def _(points, colors, offsets, counts, rows, background, capacity, op):
+    return torch.empty_like(offsets), torch.empty_like(counts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,9 +388,14 @@ def render_points(points: Cloud, colors: Optional[Tensor], intrinsics: Tensor, e
     _check_size(OP_RENDER, "width", width)
     points, colors, offsets, counts, capacity = _flat_cloud(OP_RENDER, points, colors, counts, videos)
     resolved = _backend.resolve(backend, points.device, OP_RENDER)
-    rows = reference.projection_rows(intrinsics.detach(), extrinsics.detach(), points.dtype)
+    rows = render.projection_rows(intrinsics.detach(), extrinsics.detach(), points.dtype)
     bg = _background(OP_RENDER, background, colors.shape[1], colors.dtype, points.device)
-    image, depth, coverage = _render_op(points, colors, offsets, counts, rows, bg, height, width, capacity, resolved)
+    if resolved == "torch":  # the reference
+        offsets, counts = _cloud_layout_op(points, colors, offsets, counts, rows, bg, capacity, OP_RENDER)
+        image, depth, coverage = reference.render_points(points, colors, offsets, counts, rows, height, width, bg)
+    else:
+        image, depth, coverage = _render_op(points, colors, offsets, counts, rows, bg, height, width, capacity,
+                                            resolved)
     return RenderPointsResult(image, depth, coverage)
 
 
@@ -403,11 +423,15 @@ def render_consistency(points: Cloud, colors: Optional[Tensor], intrinsics: Tens
     if not isinstance(masked, bool):
         raise TypeError(f"{OP_CONSISTENCY}: masked must be a bool, got {type(masked).__name__}")
     resolved = _backend.resolve(backend, points.device, OP_CONSISTENCY)
-    rows = reference.projection_rows(intrinsics.detach(), extrinsics.detach(), points.dtype)
+    rows = render.projection_rows(intrinsics.detach(), extrinsics.detach(), points.dtype)
     colors = colors.to(frames.dtype)
     bg = _background(OP_CONSISTENCY, background, colors.shape[1], frames.dtype, points.device)
-    mse, coverage = _consistency_op(points, colors, offsets, counts, rows, frames.detach().contiguous(), bg, masked,
-                                    capacity, resolved)
+    frames = frames.detach().contiguous()
+    if resolved == "torch":  # the reference
+        offsets, counts = _cloud_layout_op(points, colors, offsets, counts, rows, bg, capacity, OP_CONSISTENCY)
+        mse, coverage = reference.render_consistency(points, colors, offsets, counts, rows, frames, bg, masked)
+    else:
+        mse, coverage = _consistency_op(points, colors, offsets, counts, rows, frames, bg, masked, capacity, resolved)
     return RenderConsistencyResult(mse, coverage)
 
 

@@ -4,7 +4,7 @@ One launch scores every pair of every video: each source pixel is unprojected, m
 the target camera, projected, and compared with the bilinear sample of the target depth (or
 image), reduced per (video, pair) in fixed chunks whose partials are summed in a fixed order.
 Only the tiny per-pair camera matrices (B, P, 12) are built in torch before the launch
-(vgpa.reference.geometry.pair_projection); nothing of size (B, P, H, W, 3) is materialised.
+(vgpa.torch_math.camera.pair_projection); nothing of size (B, P, H, W, 3) is materialised.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _backend, _checks, _pairwise
 from .._dtypes import accumulation_dtype as _acc
-from ..reference import geometry
+from ..torch_math import camera
 from ..reference import reprojection_error as reference
 
 OP = "reprojection_error"
@@ -122,9 +122,10 @@ def _kernel_inputs(depth, image, pairs, error, validity):
 def _reprojection_op(depth: Tensor, image: Optional[Tensor], intrinsics: Tensor, extrinsics: Tensor, pairs: Tensor,
                      error: str, validity: str, occlusion_tol: Optional[float], return_map: bool,
                      backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    backend = _backend.kernel_backend(OP, backend)
     # The pair-index and camera checks run here, eagerly, even inside a compiled graph.
     pairs = _kernel_inputs(depth, image, pairs, error, validity)
-    pair_matrices = geometry.pair_projection(intrinsics, extrinsics, pairs).to(_acc(depth.dtype))
+    pair_matrices = camera.pair_projection(intrinsics, extrinsics, pairs).to(_acc(depth.dtype))
     pair_matrices = _checks.buffer(OP, "the pair matrices from intrinsics and extrinsics", pair_matrices,
                                    (depth.shape[0], pairs.shape[0], 3, 4), _acc(depth.dtype), depth.device)
     out = _forward_kernel(backend, depth, image, pair_matrices.view(-1, 12), pairs, error, validity,
@@ -143,6 +144,7 @@ def _reprojection_backward_op(grad_error: Tensor, grad_map: Optional[Tensor], de
                               intrinsics: Tensor, extrinsics: Tensor, pair_matrices: Tensor, pairs: Tensor,
                               error: str, validity: str, occlusion_tol: Optional[float], need_depth: bool,
                               need_image: bool, backend: str) -> tuple[Tensor, Tensor]:
+    backend = _backend.kernel_backend(OP, backend)
     pairs = _kernel_inputs(depth, image, pairs, error, validity)
     batch, count, acc = depth.shape[0], pairs.shape[0], _acc(depth.dtype)
     pair_matrices = _checks.buffer(OP, "pair_matrices", pair_matrices, (batch, count, 3, 4), acc, depth.device)
@@ -191,9 +193,10 @@ _reprojection_op.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("vgpa::unproject_depth", mutates_args=())
 def _unproject_op(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    backend = _backend.kernel_backend("unproject_depth", backend)
     acc = _acc(depth.dtype)
     ray_maps = _checks.buffer("unproject_depth", "the ray maps from intrinsics and extrinsics",
-                              geometry.frame_ray_maps(intrinsics, extrinsics).to(acc),
+                              camera.frame_ray_maps(intrinsics, extrinsics).to(acc),
                               depth.shape[:2] + (3, 4), acc, depth.device)  # (B, T, 3, 4)
     points = torch.empty(depth.shape + (3,), dtype=depth.dtype, device=depth.device)
     maps = ray_maps.view(-1, 12)
@@ -228,7 +231,7 @@ def _unproject_backward(ctx, grad_points, grad_maps):
     # d X / d z = M [u, v, 1]: grad_z = <grad, M [u, v, 1]> = (grad^T M) . [u, v, 1]
     acc = ray_maps.dtype
     height, width = ctx.depth_shape[-2:]
-    u, v = geometry.pixel_grid(height, width, dtype=acc, device=ray_maps.device)
+    u, v = camera.pixel_grid(height, width, dtype=acc, device=ray_maps.device)
     pulled = torch.einsum("bthwk,btkl->bthwl", grad_points.to(acc), ray_maps[..., :3])
     grad = pulled[..., 0] * u + pulled[..., 1] * v + pulled[..., 2]
     return grad.to(ctx.depth_dtype), None, None, None
@@ -290,8 +293,8 @@ def _reprojection_error(op, depth, intrinsics, extrinsics, pairs, image, error, 
     try:
         return _reprojection_error_checked(op, depth, intrinsics, extrinsics, pairs, image, error, validity,
                                            occlusion_tol, return_map, backend)
-    except geometry.CameraError as exc:  # raised by the camera algebra, which does not know the op
-        raise geometry.named(op, exc) from None
+    except camera.CameraError as exc:  # raised by the camera algebra, which does not know the op
+        raise camera.named(op, exc) from None
 
 
 def _reprojection_error_checked(op, depth, intrinsics, extrinsics, pairs, image, error, validity, occlusion_tol,
@@ -371,5 +374,5 @@ def _unproject_depth(op, depth, intrinsics, extrinsics, backend):
         if resolved == "torch":
             return reference.unproject_depth(depth, intrinsics, extrinsics)
         return _unproject_op(depth, intrinsics, extrinsics, resolved)[0]
-    except geometry.CameraError as exc:
-        raise geometry.named(op, exc) from None
+    except camera.CameraError as exc:
+        raise camera.named(op, exc) from None

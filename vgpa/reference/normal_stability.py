@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import geometry
+from ..torch_math import camera
 from .._dtypes import accumulation_dtype
 from .reprojection_error import depth_is_valid
 
@@ -47,7 +47,7 @@ def depth_to_normals(depth: Tensor, intrinsics_inverse: Tensor) -> tuple[Tensor,
         normals = torch.where(none, z, torch.zeros_like(z)).unsqueeze(-3).expand(z.shape[:-2] + (3, height, width))
         return normals, none
     # Invalid depths are replaced by 1 before any arithmetic so that no NaN reaches the gradient.
-    points = geometry.unproject(torch.where(ok, z, torch.ones_like(z)), intrinsics_inverse)  # (..., H, W, 3)
+    points = camera.unproject(torch.where(ok, z, torch.ones_like(z)), intrinsics_inverse)  # (..., H, W, 3)
     centre = points[..., 1:-1, 1:-1, :]
     d_u = points[..., 1:-1, 2:, :] - points[..., 1:-1, :-2, :]
     d_v = points[..., 2:, 1:-1, :] - points[..., :-2, 1:-1, :]
@@ -69,9 +69,9 @@ def _strict_warp(source_depth: Tensor, target_depth: Tensor, matrix: Tensor, sou
     """docs/design.md 3.1 "strict" warp of every source pixel: (u', v') and its validity.
 
     source_depth, target_depth, source_ok: (B, P, H, W); matrix: (B, P, 3, 4) pair matrices
-    (geometry.pair_projection) in the accumulation dtype. No gradient: q is discrete."""
+    (vgpa.torch_math.camera.pair_projection) in the accumulation dtype. No gradient: q is discrete."""
     height, width = source_depth.shape[-2:]
-    u, v = geometry.pixel_grid(height, width, dtype=source_depth.dtype, device=source_depth.device)
+    u, v = camera.pixel_grid(height, width, dtype=source_depth.dtype, device=source_depth.device)
     m = matrix[..., None, None]
     z = torch.where(source_ok, source_depth, torch.ones_like(source_depth))
     inv_z = 1 / z
@@ -109,20 +109,20 @@ def normal_stability(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor | Non
     (B, P, H, W) bool), differentiable with respect to depth (through both normals)."""
     acc = accumulation_dtype(depth.dtype)
     height, width = depth.shape[-2:]
-    normals, has_normal = depth_to_normals(depth, geometry.inverse_intrinsics(intrinsics).to(acc))  # (B,T,3,H,W)
+    normals, has_normal = depth_to_normals(depth, camera.inverse_intrinsics(intrinsics).to(acc))  # (B,T,3,H,W)
     src, dst = pairs[:, 0], pairs[:, 1]
     source_n, ok = normals[:, src], has_normal[:, src]  # (B, P, 3, H, W), (B, P, H, W)
     target_all, target_has = normals[:, dst], has_normal[:, dst]
     z = depth.to(acc).detach()
     if warp:
         with torch.no_grad():
-            matrix = geometry.pair_projection(intrinsics, extrinsics, pairs).to(acc)
+            matrix = camera.pair_projection(intrinsics, extrinsics, pairs).to(acc)
             tu, tv, ok = _strict_warp(z[:, src], z[:, dst], matrix, ok, occlusion_tol)
             index = (tv.round() * width + tu.round()).long()  # torch.round: half to even
             index = torch.where(ok, index, torch.zeros_like(index)).flatten(-2)  # (B, P, HW)
             target_has = target_has.flatten(-2).gather(-1, index).view(ok.shape)
         target_n = target_all.flatten(-2).gather(-1, index[:, :, None].expand(-1, -1, 3, -1)).view(source_n.shape)
-        rotation = geometry.relative_transform(extrinsics, pairs)[..., :3, :3].to(acc)  # (B, P, 3, 3)
+        rotation = camera.relative_transform(extrinsics, pairs)[..., :3, :3].to(acc)  # (B, P, 3, 3)
         source_n = torch.einsum("bpij,bpjhw->bpihw", rotation, source_n)
     else:
         target_n = target_all

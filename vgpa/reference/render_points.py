@@ -1,5 +1,6 @@
 """Pure-PyTorch reference of the point-cloud re-render and its consistency (docs/design.md 3.3): the
-oracle for every backend.
+oracle for every backend, and the "torch" backend of vgpa.render_points and
+vgpa.render_consistency.
 
 Point clouds are flat: ``points`` (M, 3), ``colors`` (M, C) and per video ``offsets`` (B,) and
 ``counts`` (B,) int64; video b owns rows ``offsets[b] : offsets[b] + counts[b]``. A packed cloud
@@ -25,33 +26,28 @@ import torch
 from torch import Tensor
 
 from .._dtypes import accumulation_dtype
-
-# Key of a pixel no point landed on; every real key is smaller (the float32 bits of a finite
-# z > 0 are below 0x7f800000).
-EMPTY_KEY = 2**63 - 1
-INDEX_BITS = 32
-INDEX_MASK = (1 << INDEX_BITS) - 1
-
-
-def projection_rows(intrinsics: Tensor, extrinsics: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, T, 12) rows [P0 | P1 | Z] in ``dtype`` from K (B, T, 3, 3) and E (B, T, 3|4, 4).
-
-    Computed in float64 with explicit elementwise products (no matmul, whose summation order
-    varies by device and library), then rounded once to ``dtype``.
-    """
-    k = intrinsics.to(torch.float64)
-    rt = extrinsics[..., :3, :].to(torch.float64)  # (B, T, 3, 4)
-    rows = []
-    for i in range(2):
-        rows.append(k[..., i, 0, None] * rt[..., 0, :] + k[..., i, 1, None] * rt[..., 1, :]
-                    + k[..., i, 2, None] * rt[..., 2, :])
-    rows.append(rt[..., 2, :])
-    return torch.cat(rows, dim=-1).to(dtype).contiguous()
+from ..torch_math.point_cloud import CONF_TIES, confidence_keep_count, point_cloud_selection  # noqa: F401
+from ..torch_math.render import EMPTY_KEY, INDEX_BITS, INDEX_MASK, projection_rows  # noqa: F401
+from ..torch_math.segments import row_owners
 
 
 def _row_dot(row: Tensor, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-    """((r0 x + r1 y) + r2 z) + r3, rows (T, 4) against points (n,) -> (T, n)."""
-    return row[:, 0:1] * x + row[:, 1:2] * y + row[:, 2:3] * z + row[:, 3:4]
+    """((r0 x + r1 y) + r2 z) + r3 for rows (..., 4) broadcast against points x, y, z."""
+    return row[..., 0] * x + row[..., 1] * y + row[..., 2] * z + row[..., 3]
+
+
+def _project(x: Tensor, y: Tensor, z: Tensor, rows: Tensor, height: int, width: int):
+    """(depth, lands, pixel) of points x, y, z with rows (..., 12) broadcast against them."""
+    depth = _row_dot(rows[..., 8:12], x, y, z)
+    u = torch.round(_row_dot(rows[..., 0:4], x, y, z) / depth)  # torch.round: half to even
+    v = torch.round(_row_dot(rows[..., 4:8], x, y, z) / depth)
+    finite_point = torch.isfinite(x) & torch.isfinite(y) & torch.isfinite(z)
+    lands = (finite_point & torch.isfinite(depth) & (depth > 0)
+             & (u >= 0) & (u < width) & (v >= 0) & (v < height))
+    # Convert only landed coordinates (NaN and huge values do not fit an integer).
+    zero = torch.zeros_like(u)
+    pixel = torch.where(lands, v, zero).to(torch.int64) * width + torch.where(lands, u, zero).to(torch.int64)
+    return depth, lands, pixel
 
 
 def project(points: Tensor, rows: Tensor, height: int, width: int):
@@ -60,17 +56,7 @@ def project(points: Tensor, rows: Tensor, height: int, width: int):
     Returns (z, lands, pixel), each (T, n): camera depth, whether the point lands, and its
     pixel v * W + u (meaningful where it lands).
     """
-    x, y, z = points[:, 0], points[:, 1], points[:, 2]
-    depth = _row_dot(rows[:, 8:12], x, y, z)
-    u = torch.round(_row_dot(rows[:, 0:4], x, y, z) / depth)  # torch.round: half to even
-    v = torch.round(_row_dot(rows[:, 4:8], x, y, z) / depth)
-    finite_point = torch.isfinite(points).all(dim=1)
-    lands = (finite_point & torch.isfinite(depth) & (depth > 0)
-             & (u >= 0) & (u < width) & (v >= 0) & (v < height))
-    # Convert only landed coordinates (NaN and huge values do not fit an integer).
-    zero = torch.zeros_like(u)
-    pixel = torch.where(lands, v, zero).to(torch.int64) * width + torch.where(lands, u, zero).to(torch.int64)
-    return depth, lands, pixel
+    return _project(points[:, 0], points[:, 1], points[:, 2], rows[:, None], height, width)
 
 
 def depth_keys(depth: Tensor, index: Tensor) -> Tensor:
@@ -84,18 +70,18 @@ def zbuffer(points: Tensor, offsets: Tensor, counts: Tensor, rows: Tensor, heigh
     ``EMPTY_KEY`` where none does (scatter_reduce with amin: an integer minimum, exact)."""
     videos, frames = rows.shape[:2]
     hw = height * width
-    keys = torch.full((videos, frames, hw + 1), EMPTY_KEY, dtype=torch.int64, device=points.device)
-    for b in range(videos):
-        start, count = int(offsets[b]), int(counts[b])
-        cloud = points[start:start + count]
-        depth, lands, pixel = project(cloud, rows[b], height, width)
-        index = torch.arange(count, dtype=torch.int64, device=points.device)
-        # Points that do not land go to the spare slot hw, dropped below.
-        target = torch.where(lands, pixel, torch.full_like(pixel, hw))
+    keys = torch.full((videos * frames * (hw + 1),), EMPTY_KEY, dtype=torch.int64, device=points.device)
+    video, index, inside = row_owners(offsets, counts, points.shape[0])
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    for t in range(frames):
+        depth, lands, pixel = _project(x, y, z, rows[video, t], height, width)
+        lands = lands & inside
+        # Points that do not land go to their frame's spare slot hw, dropped below.
+        slot = (video * frames + t) * (hw + 1) + torch.where(lands, pixel, hw)
         key = torch.where(lands, depth_keys(torch.where(lands, depth, torch.ones_like(depth)), index),
                           torch.full_like(pixel, EMPTY_KEY))
-        keys[b].scatter_reduce_(1, target, key, reduce="amin")
-    return keys[..., :hw].reshape(videos, frames, height, width)
+        keys.scatter_reduce_(0, slot, key, reduce="amin")
+    return keys.view(videos, frames, hw + 1)[..., :hw].reshape(videos, frames, height, width)
 
 
 def resolve(keys: Tensor, points: Tensor, colors: Tensor, offsets: Tensor, rows: Tensor, background: Tensor):
@@ -145,61 +131,3 @@ def render_consistency(points: Tensor, colors: Tensor, offsets: Tensor, counts: 
     else:
         mse = err.sum((2, 3)) / (height * width * frames.shape[2])
     return mse, n_covered.to(acc) / (height * width)
-
-
-# --------------------------------------------------------------------------------------------
-# Point cloud from depth: which pixels become points (the unprojection itself is
-# vgpa.unproject_depth, whose reference is vgpa.reference.reprojection_error.unproject_depth)
-
-
-def confidence_keep_count(valid_count: int, conf_threshold: float) -> int:
-    """ceil(N (1 - c / 100)) evaluated exactly on the decimal value the caller wrote for c."""
-    from fractions import Fraction
-
-    if conf_threshold <= 0:
-        return valid_count
-    keep = Fraction(valid_count) * (100 - Fraction(repr(float(conf_threshold)))) / 100
-    return -((-keep.numerator) // keep.denominator)
-
-
-CONF_TIES = ("first", "all")  # equal confidences at the cut: vgpa's rule, VideoGPA's rule
-
-
-def point_cloud_selection(depth: Tensor | None, conf: Tensor | None, conf_threshold: float, ties: str = "first",
-                          points: Tensor | None = None) -> list[Tensor]:
-    """Per video, the flat pixel indices (t, v, u order, ascending) that become points.
-
-    A pixel qualifies when its depth is finite and > 0 (or, given ``points`` (B, T, H, W, 3)
-    in place of the depth, when its point is finite) and, with ``conf``, its confidence is
-    finite and > 1e-5. With ``conf_threshold`` c > 0, k = ceil(N (1 - c / 100)) of the N
-    qualifying pixels are kept, those of highest confidence. ``ties`` "first" keeps exactly k,
-    equal confidences going to the earlier pixel; "all" keeps every qualifying pixel whose
-    confidence is >= the k-th highest (VideoGPA's rule: ties at the cut are all kept).
-    """
-    if points is not None:
-        videos = points.shape[0]
-        valid = torch.isfinite(points).all(-1).reshape(videos, -1)
-    else:
-        videos = depth.shape[0]
-        flat_depth = depth.reshape(videos, -1)
-        valid = torch.isfinite(flat_depth) & (flat_depth > 0)
-    if conf is not None:
-        flat_conf = conf.reshape(videos, -1)
-        valid &= torch.isfinite(flat_conf) & (flat_conf > 1e-5)
-    selection = []
-    for b in range(videos):
-        # every pixel qualifying (the common case: a model's confidence is positive) needs no search
-        index = torch.arange(valid.shape[1], device=valid.device) if bool(valid[b].all()) \
-            else valid[b].nonzero().squeeze(1)
-        if conf is not None and conf_threshold > 0 and index.numel():
-            keep = confidence_keep_count(index.numel(), conf_threshold)
-            values = flat_conf[b, index]
-            if ties == "all":
-                kth = torch.topk(values, keep).values[-1]
-                index = index[values >= kth]
-            else:
-                # Stable descending sort: among equal confidences the earlier pixel comes first.
-                order = torch.sort(values, descending=True, stable=True).indices[:keep]
-                index = index[order].sort().values
-        selection.append(index)
-    return selection

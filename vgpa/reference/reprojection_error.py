@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .._dtypes import accumulation_dtype
 from ..pairs import adjacent_pairs
-from . import geometry
+from ..torch_math import camera
 
 DEPTH_ERRORS = ("abs_rel", "abs", "sq", "log")
 VALIDITY_MODES = ("strict", "zeros")
@@ -82,12 +82,12 @@ def reprojection_error(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor, pa
     height, width = depth.shape[-2:]
     strict = validity == "strict"
     src_frame, dst_frame = pairs[:, 0], pairs[:, 1]
-    matrix = geometry.pair_projection(intrinsics, extrinsics, pairs).to(acc)[..., None, None]  # (B,P,3,4,1,1)
+    matrix = camera.pair_projection(intrinsics, extrinsics, pairs).to(acc)[..., None, None]  # (B,P,3,4,1,1)
     depth = depth.to(acc)
     source, target = depth[:, src_frame], depth[:, dst_frame]  # (B, P, H, W)
-    u, v = geometry.pixel_grid(height, width, dtype=acc, device=depth.device)
+    u, v = camera.pixel_grid(height, width, dtype=acc, device=depth.device)
 
-    # Warp (see geometry.pair_projection); sanitised so that no NaN reaches the gradient.
+    # Warp (see vgpa.torch_math.camera.pair_projection); sanitised so that no NaN reaches the gradient.
     source_ok = depth_is_valid(source)
     z = torch.where(source_ok, source, torch.ones_like(source))
     inv_z = 1 / z
@@ -155,9 +155,9 @@ def mvcs(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
 def unproject_depth(depth: Tensor, intrinsics: Tensor, extrinsics: Tensor) -> Tensor:
     """World points E^-1 (z K^-1 [u, v, 1]) of every pixel: (B, T, H, W) -> (B, T, H, W, 3)."""
     acc = accumulation_dtype(depth.dtype)
-    camera = geometry.unproject(depth.to(acc), geometry.inverse_intrinsics(intrinsics))
-    to_world = geometry.invert_pose(extrinsics)[..., :3, :].to(acc)  # (B, T, 3, 4)
-    world = torch.einsum("btij,bthwj->bthwi", to_world[..., :3], camera) + to_world[..., None, None, :, 3]
+    in_camera = camera.unproject(depth.to(acc), camera.inverse_intrinsics(intrinsics))
+    to_world = camera.invert_pose(extrinsics)[..., :3, :].to(acc)  # (B, T, 3, 4)
+    world = torch.einsum("btij,bthwj->bthwi", to_world[..., :3], in_camera) + to_world[..., None, None, :, 3]
     return world.to(depth.dtype)
 
 

@@ -22,7 +22,7 @@ from peft import PeftModel
 from torch import Tensor
 
 from ..ops.diffusion_dpo_loss import DiffusionDPOLossResult, diffusion_dpo_loss
-from ..reference.diffusion_dpo_loss import REFERENCE_FREE_LOSS_TYPES
+from ..torch_math.dpo import REFERENCE_FREE_LOSS_TYPES
 from .recipe import (BETA_SCHEDULES, COGVIDEOX_OFS, FLOW_NUM_TIMESTEPS, PREDICTION_TYPES, SCHEDULER_PREDICTION_TYPES,
                      WAN_FLOW_SHIFT)
 

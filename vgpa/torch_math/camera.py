@@ -1,4 +1,4 @@
-"""Plain-PyTorch camera helpers shared by the geometry ops (docs/design.md 2).
+"""Camera algebra shared by the geometry ops, their references and scoring (docs/design.md 2).
 
 Conventions: pixel (u, v) = (column, row) with centres at integers; OpenCV pinhole camera
 (x right, y down, z forward); extrinsics E are world-to-camera, X_cam = R X_world + t,
