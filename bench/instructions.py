@@ -2,7 +2,7 @@
 the bench's size axis, measured with valgrind's callgrind: a number that does not move with the
 machine's load, so that two commits' kernels can be compared on a noisy machine.
 
-    python -m vgpa.bench.instructions [--ops reprojection_error,normal_stability,render_points,epipolar]
+    python -m vgpa.bench.instructions [--ops epipolar,normal_stability,render_points,reprojection_error]
                                       [--sizes small|quick] [--out bench/results/cpu-2-threads]
                                       [--valgrind PATH]
     python -m vgpa.bench.instructions --compare OLD.json NEW.json
@@ -40,23 +40,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-OPS = ("reprojection_error", "normal_stability", "render_points", "epipolar")
+from ..ops import registry
 
-# The C++ entry points of each op's CPU backend (csrc/<op>.h), as vgpa._C binds them.
-KERNELS = {
-    "reprojection_error": ("reprojection_error_forward_cpu", "reprojection_error_backward_cpu"),
-    "normal_stability": ("depth_to_normals_cpu", "depth_to_normals_backward_cpu", "normal_stability_forward_cpu",
-                         "normal_stability_backward_cpu"),
-    "render_points": ("render_points_zbuffer_cpu", "render_points_resolve_cpu", "render_consistency_cpu"),
-    "epipolar": ("sampson_distance_forward_cpu", "sampson_distance_backward_cpu", "ransac_inlier_count_cpu"),
-}
-
-# The argument struct of each op's entry points: their signature is vgpa::<name>(vgpa::<Args> const&).
-ARGS = {"reprojection_error": "ReprojectionErrorArgs", "normal_stability": "NormalStabilityArgs",
-        "render_points": "RenderPointsArgs", "epipolar": "EpipolarArgs"}
-
-# How many of the entry's CPU sizes (smallest first) "--sizes small" counts.
-SMALL_SIZES = {"reprojection_error": 2, "normal_stability": 2, "render_points": 2, "epipolar": 1}
+# The ops counted and what is counted of each: the ``instructions`` of their specs
+# (vgpa/ops/registry.py): the C++ entry points of the op's CPU backend (csrc/<op>.h) as vgpa._C binds
+# them, the argument struct they take (vgpa::<name>(vgpa::<Args> const&)), and how many of the
+# entry's CPU sizes (smallest first) "--sizes small" counts.
+_COUNTED = {spec.name: spec.instructions for spec in registry.specs() if spec.instructions is not None}
+OPS = tuple(_COUNTED)
+KERNELS = {op: counts.kernels for op, counts in _COUNTED.items()}
+ARGS = {op: counts.args for op, counts in _COUNTED.items()}
+SMALL_SIZES = {op: counts.small_sizes for op, counts in _COUNTED.items()}
 
 DEFAULT_OUT = os.path.join("bench", "results", "cpu-2-threads")
 CLONE_NOTE = ("AVX2 (x86-64-v3) clone: valgrind does not emulate AVX-512; single-threaded "

@@ -18,11 +18,13 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..ops import registry
 from . import report
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-OPS = ("score_video", "score_dataset", "dpo_training_step",  # the pipelines first
-       "diffusion_dpo_loss", "reprojection_error", "normal_stability", "render_points", "epipolar")  # bench_<op>.py
+PIPELINES = ("score_video", "score_dataset", "dpo_training_step")
+# bench_<op>.py of each: the pipelines first, then every op of the registry (vgpa/ops/registry.py)
+OPS = PIPELINES + tuple(spec.name for spec in registry.specs())
 
 # The bench's own pytest configuration. bench/ has no __init__.py (it must not shadow an installed
 # `bench` module from the checkout's root), so pytest finds vgpa.bench as a namespace package.

@@ -7,7 +7,7 @@ import triton.language as tl
 # into x (see kernels/geometry.py frame_block), so y and z stay 1.
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
-# The GPU-proof check (vgpa_tools/gpu_proof/triton_kernels.py) sets this to a function taking
+# The GPU-proof check (vgpa_tools/gpu_proof/triton_variants.py recording) sets this to a function taking
 # (kernel, grid, args, options) while it records which kernel variants the ops launch; a
 # recorded launch does not run.
 launch_recorder = None

@@ -5,7 +5,9 @@ barrier some threads never reach, a shuffle naming an exited lane, launches beyo
 limits; out-of-bounds reads in the sanitizer run), every deterministic CUDA kernel of vgpa gives
 bitwise identical results whatever order its blocks and threads run in, and the emulated CUDA
 kernels take the same discrete decisions as the C++ twin (masks, counts, z-buffer winners).
-Every other test of backend "cuda" also runs through the emulation when there is no GPU.
+Every other test of backend "cuda" also runs through the emulation when there is no GPU. Each
+test of vgpa's kernels names the ops it covers (``pytest.mark.op``): tests/test_op_registry.py
+fails for a registered op that none covers.
 """
 
 import os
@@ -154,6 +156,7 @@ def _geometry_inputs(dtype=torch.float32, batch=2, frames=3, height=13, width=17
     return depth, k.to(dtype), e.to(dtype)
 
 
+@pytest.mark.op("reprojection_error")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_reprojection_forward_is_bitwise_identical_under_every_schedule(emu, dtype):
     depth, k, e = _geometry_inputs(dtype)
@@ -169,6 +172,7 @@ def test_reprojection_forward_is_bitwise_identical_under_every_schedule(emu, dty
     assert _identical(_under_schedules(emu, run))
 
 
+@pytest.mark.op("normal_stability")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_normals_forward_and_gather_are_bitwise_identical_under_every_schedule(emu, dtype):
     depth, k, e = _geometry_inputs(dtype)
@@ -185,6 +189,7 @@ def test_normals_forward_and_gather_are_bitwise_identical_under_every_schedule(e
     assert _identical(_under_schedules(emu, run))
 
 
+@pytest.mark.op("render_points")
 def test_render_is_bitwise_identical_under_every_schedule(emu):
     g = torch.Generator().manual_seed(3)
     points = torch.randn(2, 900, 3, generator=g, dtype=torch.float64)
@@ -202,6 +207,7 @@ def test_render_is_bitwise_identical_under_every_schedule(emu):
     assert _identical(_under_schedules(emu, run))
 
 
+@pytest.mark.op("diffusion_dpo_loss")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 def test_dpo_loss_forward_and_backward_are_bitwise_identical_under_every_schedule(emu, dtype):
     g = torch.Generator().manual_seed(4)
@@ -229,6 +235,7 @@ def _epipolar_inputs(dtype, seed=5):
     return tuple(t.to(dtype) for t in (fundamental, hypotheses, x1, x2)) + (counts,)
 
 
+@pytest.mark.op("epipolar")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_epipolar_kernels_are_bitwise_identical_under_every_schedule(emu, dtype):
     fundamental, hypotheses, x1, x2, counts = _epipolar_inputs(dtype)
@@ -244,6 +251,7 @@ def test_epipolar_kernels_are_bitwise_identical_under_every_schedule(emu, dtype)
     assert _identical(_under_schedules(emu, run))
 
 
+@pytest.mark.op("epipolar")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_epipolar_cuda_decides_as_the_cpu_twin(emu, dtype):
     fundamental, hypotheses, x1, x2, counts = _epipolar_inputs(dtype, seed=6)
@@ -256,6 +264,7 @@ def test_epipolar_cuda_decides_as_the_cpu_twin(emu, dtype):
     assert torch.equal(_bits(got), _bits(want))
 
 
+@pytest.mark.op("reprojection_error", "normal_stability")
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 def test_atomic_backwards_agree_under_every_schedule_within_rounding(emu, dtype, tolerance):
     """The reprojection and normal-stability backwards scatter with float atomics: the order of
@@ -277,6 +286,7 @@ def test_atomic_backwards_agree_under_every_schedule_within_rounding(emu, dtype,
 # The emulated CUDA kernels decide as the C++ twin does
 
 
+@pytest.mark.op("reprojection_error", "normal_stability", "render_points")
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_decides_as_the_cpu_twin(emu, seed, dtype):

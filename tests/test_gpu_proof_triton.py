@@ -1,8 +1,8 @@
 """The Triton kernels proven for the GPU on the CPU (docs/design.md 5,
-vgpa_tools/gpu_proof/triton_kernels.py): every variant the ops can launch compiles for sm_80 and
-sm_90, within the resource budget, with rounded arithmetic on the decision paths and relaxed
-atomics; plus the launch defects (device, grid limits, occlusion tolerance type, int64 indices)
-tested on CPU tensors."""
+vgpa_tools/gpu_proof/triton_kernels.py and the modules it names): every variant the ops can
+launch compiles for sm_80 and sm_90, within the resource budget, with rounded arithmetic on the
+decision paths and relaxed atomics; plus the launch defects (device, grid limits, occlusion
+tolerance type, int64 indices) tested on CPU tensors."""
 
 import contextlib
 import os
@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vgpa_tools.gpu_proof import probes, triton_rules, triton_table, triton_variants
 from vgpa_tools.gpu_proof import triton_kernels as proof_tool
 from vgpa_tools.gpu_proof.ptx import parse_ptxas_log
 from vgpa.kernels import _common
@@ -34,21 +35,20 @@ def proof():
 
 
 def test_every_triton_kernel_is_launched_by_the_probes(proof):
-    assert proof_tool.triton_kernels(), "no @triton.jit kernel found in vgpa.kernels"
+    assert triton_variants.triton_kernels(), "no @triton.jit kernel found in vgpa.kernels"
     assert proof.unrecorded_kernels() == []
 
 
 def test_variants_do_not_follow_the_tensor_sizes(proof):
-    assert set(proof.probe.variants) == set(proof_tool.SIZES)
+    assert set(proof.probe.variants) == set(probes.SIZES)
     assert proof.size_dependent_variants() == []
 
 
 def test_every_parameter_of_every_op_with_a_backend_is_probed():
-    probes = proof_tool.probes()
-    probed = {f"{p.function.__module__}:{p.function.__name__}" for p in probes}
-    assert proof_tool.ops_with_backends() <= probed
-    for probe in probes:
-        assert proof_tool.unprobed_parameters(probe) == set(), probe.function.__name__
+    every_probe = probes.probes()
+    assert probes.ops_with_backends() <= probes.probed_functions(every_probe)
+    for probe in every_probe:
+        assert probes.unprobed_parameters(probe) == set(), probe.function.__name__
 
 
 def test_recorded_launches_use_grid_axis_x_only(proof):
@@ -61,7 +61,7 @@ def test_recorded_launches_use_grid_axis_x_only(proof):
 
 
 def test_every_variant_compiles_for_sm80_and_sm90(proof):
-    assert len(proof.results) == len(proof.variants) * len(proof_tool.ARCHS)
+    assert len(proof.results) == len(proof.variants) * len(triton_variants.ARCHS)
     assert proof.compile_errors() == []
     # every compilation was read: a lost ptxas log would pass the budget check vacuously
     unread = [v.describe() for (v, _), r in proof.results.items() if len(r["resources"]) != 1
@@ -82,22 +82,22 @@ def test_budget_check_flags_a_spill():
 
 
 def test_committed_table_matches_the_compiled_code(proof):
-    current = proof_tool.table_text(proof_tool.resource_rows(proof))
-    committed = proof_tool.TABLE.read_text() if proof_tool.TABLE.exists() else ""
+    current = triton_table.table_text(triton_table.resource_rows(proof))
+    committed = triton_table.TABLE.read_text() if triton_table.TABLE.exists() else ""
     assert committed == current, ("docs/gpu_resources_triton.csv is stale; run python -m vgpa_tools.gpu_proof triton\n"
-                                  + proof_tool.table_diff(committed, current))
+                                  + triton_table.table_diff(committed, current))
 
 
 def test_decision_kernels_hold_only_rounded_arithmetic(proof):
-    checked = [v for (v, _) in proof.results if proof_tool.makes_decisions(v)]
+    checked = [v for (v, _) in proof.results if triton_rules.makes_decisions(v)]
     assert {v.module for v in checked} >= {"vgpa.kernels.reprojection_error", "vgpa.kernels.normal_stability",
                                            "vgpa.kernels.render_points"}
     assert proof.decision_violations() == []
 
 
 def test_exemptions_cover_only_the_log_error(proof):
-    exempt = {v.describe() for (v, _) in proof.results if proof_tool.exempt_rules(v)}
-    log = proof_tool._reprojection_log_code()
+    exempt = {v.describe() for (v, _) in proof.results if triton_rules.exempt_rules(v)}
+    log = triton_rules.reprojection_log_code()
     assert exempt and all("ERROR=%d " % log in d for d in exempt)
 
 
@@ -169,7 +169,7 @@ def test_launches_of_more_than_65535_frames_or_rows_fold_into_grid_axis_x(op):
 
     frames = 70_000
     torch.set_default_device(DEVICE)
-    with proof_tool.recording() as recorder, contextlib.ExitStack() as restore:
+    with triton_variants.recording() as recorder, contextlib.ExitStack() as restore:
         restore.callback(torch.set_default_device, None)
         if op == "unproject_depth":
             depth = torch.ones(1, frames, 1, 2)
@@ -199,7 +199,7 @@ def test_float64_kernels_get_the_occlusion_tolerance_in_float64(op):
                               device=DEVICE).expand(1, 2, 3, 3)
     extrinsics = torch.eye(4, dtype=torch.float64, device=DEVICE).expand(1, 2, 4, 4)
     tol = 0.1
-    with proof_tool.recording() as recorder:
+    with triton_variants.recording() as recorder:
         getattr(vgpa, op)(depth, intrinsics, extrinsics, occlusion_tol=tol, backend="triton")
     (launch,) = recorder.launches
     assert dict(launch.variant.signature)["occlusion_scale"] == "fp64"

@@ -24,6 +24,7 @@ from .._dtypes import accumulation_dtype
 from .._layout import coalesce_per_sample
 from ..reference import diffusion_dpo_loss as reference
 from ..torch_math import dpo
+from .registry import OpSpec
 
 OP = "diffusion_dpo_loss"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -455,3 +456,10 @@ class DiffusionDPOLoss(torch.nn.Module):
         return (f"beta={self.beta}, loss_type={self.loss_type!r}, label_smoothing={self.label_smoothing}, "
                 f"sft_weight={self.sft_weight}, segments={self.segments}, frame_dim={self.frame_dim}, "
                 f"backend={self.backend!r}")
+
+
+SPEC = OpSpec(
+    "diffusion_dpo_loss",
+    exports={"diffusion_dpo_loss": ("DiffusionDPOLoss", "DiffusionDPOLossResult", "diffusion_dpo_loss")},
+    no_decisions="weighted sums of squared errors; nothing is decided from them on the GPU",
+)

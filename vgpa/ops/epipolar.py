@@ -25,6 +25,7 @@ from torch import Tensor
 from .. import _backend
 from ..reference import epipolar as reference
 from ..torch_math.epipolar import threshold_squared
+from .registry import InstructionCounts, OpSpec
 
 OP_SAMPSON = "sampson_distance"
 OP_RANSAC = "ransac_inlier_count"
@@ -346,3 +347,12 @@ def ransac_inlier_count(F_hypotheses: Tensor, x1: Tensor, x2: Tensor, *, thresho
         offsets, counts = _match_layout_op(hypotheses, x1_flat, x2_flat, counts, capacity, op)
         return reference.ransac_inlier_count(hypotheses, x1_flat, x2_flat, offsets, counts, float(threshold))
     return _ransac_op(hypotheses, x1_flat, x2_flat, counts, capacity, float(threshold), resolved)
+
+
+SPEC = OpSpec(
+    "epipolar",
+    exports={"epipolar": ("ransac_inlier_count", "sampson_distance"),
+             "fundamental_matrix": ("FundamentalMatrixResult", "fundamental_matrix")},
+    instructions=InstructionCounts(("sampson_distance_forward_cpu", "sampson_distance_backward_cpu",
+                                    "ransac_inlier_count_cpu"), "EpipolarArgs", 1),
+)

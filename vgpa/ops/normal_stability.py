@@ -22,6 +22,7 @@ from .. import _backend, _checks, _pairwise
 from .._dtypes import accumulation_dtype as _acc
 from ..torch_math import camera
 from ..reference import normal_stability as reference
+from .registry import InstructionCounts, OpSpec
 
 OP = "normal_stability"
 FLOAT_DTYPES = _checks.FLOAT_DTYPES
@@ -394,3 +395,13 @@ def normal_stability(depth: Tensor, intrinsics: Tensor, extrinsics: Optional[Ten
     if return_map:
         return NormalStabilityResult(mean, count, error_map, valid_mask)
     return NormalStabilityResult(mean, count)
+
+
+SPEC = OpSpec(
+    "normal_stability",
+    exports={"normal_stability": ("DepthToNormalsResult", "NormalStabilityResult", "depth_to_normals",
+                                  "normal_stability")},
+    instructions=InstructionCounts(("depth_to_normals_cpu", "depth_to_normals_backward_cpu",
+                                    "normal_stability_forward_cpu", "normal_stability_backward_cpu"),
+                                   "NormalStabilityArgs", 2),
+)

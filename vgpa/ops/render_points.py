@@ -31,6 +31,7 @@ from .._dtypes import accumulation_dtype
 from ..reference import render_points as reference
 from ..torch_math import render
 from .point_cloud import PointCloud
+from .registry import InstructionCounts, OpSpec
 
 OP_RENDER = "render_points"
 OP_CONSISTENCY = "render_consistency"
@@ -439,3 +440,12 @@ def _device_of(points):
     if isinstance(points, PointCloud):
         return points.points.device
     return points.device if isinstance(points, Tensor) else None
+
+
+SPEC = OpSpec(
+    "render_points",
+    exports={"render_points": ("RenderConsistencyResult", "RenderPointsResult", "render_consistency", "render_points"),
+             "point_cloud": ("PointCloud", "point_cloud", "point_map_cloud")},
+    instructions=InstructionCounts(("render_points_zbuffer_cpu", "render_points_resolve_cpu", "render_consistency_cpu"),
+                                   "RenderPointsArgs", 2),
+)

@@ -19,6 +19,7 @@ from .. import _backend, _checks, _pairwise
 from .._dtypes import accumulation_dtype as _acc
 from ..torch_math import camera
 from ..reference import reprojection_error as reference
+from .registry import InstructionCounts, OpSpec
 
 OP = "reprojection_error"
 FLOAT_DTYPES = _checks.FLOAT_DTYPES
@@ -376,3 +377,11 @@ def _unproject_depth(op, depth, intrinsics, extrinsics, backend):
         return _unproject_op(depth, intrinsics, extrinsics, resolved)[0]
     except camera.CameraError as exc:
         raise camera.named(op, exc) from None
+
+
+SPEC = OpSpec(
+    "reprojection_error",
+    exports={"reprojection_error": ("ReprojectionErrorResult", "reprojection_error", "unproject_depth")},
+    instructions=InstructionCounts(("reprojection_error_forward_cpu", "reprojection_error_backward_cpu"),
+                                   "ReprojectionErrorArgs", 2),
+)

@@ -142,3 +142,10 @@ def forbidden_float_ops(body: str, allowed: tuple[str, ...] = ()) -> list[tuple[
             if rule not in allowed and pattern.search(line):
                 found.append((rule, line.strip()))
     return found
+
+
+# Atomics, and those that order memory: gradient scatters only add, and nothing reads the sums
+# before the launch ends, so they must be relaxed (an acquire-release atomic serialises each
+# warp's scatter).
+ATOMIC = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:atom|red)\.")
+ORDERED_ATOMIC = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:atom|red)\.[\w.]*\b(?:acq_rel|acquire|release|sc)\b")
