@@ -4,6 +4,7 @@ from ._backend import BACKENDS, BackendUnavailableError, available_backends
 from .ops.registry import specs as _op_specs
 from .features import MatchFeaturesResult, match_features
 from .pairs import adjacent_pairs, all_pairs, window_pairs
+from .torch_math.camera import SingularCameraError
 from . import metrics  # so that `import vgpa` alone gives vgpa.metrics.mvcs etc.
 from . import geometry, scoring, video  # OpenCV is imported on first use, not here
 
@@ -17,6 +18,7 @@ __all__ = sorted([
     "BACKENDS",
     "BackendUnavailableError",
     "MatchFeaturesResult",
+    "SingularCameraError",
     "adjacent_pairs",
     "all_pairs",
     "available_backends",
