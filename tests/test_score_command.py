@@ -886,3 +886,21 @@ def test_an_interrupted_run_stops_its_reading_thread(tmp_path, monkeypatch, caps
         _score_tiny(groups_file, tmp_path / "out.json")
     assert not [t for t in threading.enumerate() if t.name == "vgpa-score-reader"]
     capsys.readouterr()
+
+
+def test_wait_policy_hint_only_on_a_cpu_loaded_beyond_its_cores():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = torch.device("cpu")
+    hint = score_command.wait_policy_hint(cpu, load=cores + 0.5, environ={})
+    assert hint is not None and "OMP_WAIT_POLICY=passive" in hint and f"{cores} cores" in hint
+    assert score_command.wait_policy_hint(cpu, load=cores, environ={}) is None  # not beyond the cores
+    assert score_command.wait_policy_hint(cpu, load=cores + 0.5, environ={"OMP_WAIT_POLICY": "active"}) is None
+    assert score_command.wait_policy_hint(torch.device("cuda"), load=cores + 0.5, environ={}) is None
+
+
+def test_score_prints_the_wait_policy_hint_on_a_loaded_cpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 1000.0, 1000.0))
+    groups_file = _tiny_dataset(tmp_path, {"a": 2})
+    assert _score_tiny(groups_file, tmp_path / "scores.json") == 0
+    assert "OMP_WAIT_POLICY=passive" in capsys.readouterr().err

@@ -834,6 +834,28 @@ def time_summary(times: dict, scored: int) -> str:
             + (f"; reading: {', '.join(read)}" if read else ""))
 
 
+def wait_policy_hint(device: torch.device, load: Optional[float] = None, environ=None) -> Optional[str]:
+    """The advice printed before scoring on a CPU loaded beyond its cores while OMP_WAIT_POLICY is
+    unset, else None. Scoring is many short OpenMP regions of vgpa's kernels and torch's ops, and
+    libgomp's idle threads spin by default: under load a region then waits for threads that other
+    processes have descheduled. Only the environment of the process can change that (libgomp reads
+    it when torch loads it), so the command says so instead of setting it."""
+    environ = os.environ if environ is None else environ
+    if device.type != "cpu" or "OMP_WAIT_POLICY" in environ:
+        return None
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this platform
+            return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load <= cores:
+        return None
+    return (f"vgpa score: the load average ({load:.1f}) exceeds the {cores} cores this process may use; on a "
+            "loaded CPU, scoring runs faster with OMP_WAIT_POLICY=passive in its environment "
+            "(OMP_WAIT_POLICY=passive vgpa score ...; docs/scoring.md)")
+
+
 def say(text: str, stream=None) -> None:
     """Prints ``text`` on ``stream`` (stdout), escaping what its encoding cannot hold (a group id
     in another script under an ASCII locale) instead of failing at the end of a run."""
@@ -934,6 +956,9 @@ def run(args: argparse.Namespace, timings: Optional[dict] = None) -> int:
             except CommandError as exc:
                 error = exc
             done = _agree(world, error, done)
+            hint = wait_policy_hint(device) if rank == 0 else None
+            if hint:
+                say(hint, sys.stderr)
 
             if source.geometry_dir is None:
                 source.provider = load_geometry_model(args.geometry, args.model_path, device)
