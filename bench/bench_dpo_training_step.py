@@ -47,10 +47,13 @@ TRAIN_MISSING = _extras.missing_message("train", "the dpo_training_step bench en
 
 def sizes(device, quick):
     """(family, layers, hidden width, latent frames, height, width); x = latent tokens per sample
-    (frames x height x width / 4 with 2 x 2 patches). On the CPU the default is CogVideoX with 3
+    (frames x height x width / 4 with 2 x 2 patches) times layers, which the step's work and its
+    checkpointed activations grow with. On the CPU the default is CogVideoX with 3
     layers of width 256 at 768 tokens, whose weights (12 x width per token of one sample's
     per-layer activations) stand to activations about as CogVideoX-5B's do at 49 frames of
-    480 x 720 (a step is about half a second on 2 cores)."""
+    480 x 720 (a step is about half a second on 2 cores). The 12-layer size shows the peaks at a
+    depth where the checkpointed activations of every layer, not one layer's recomputation,
+    dominate them, as at VideoGPA's scale (CogVideoX-5B has 42 layers)."""
     if device.type == "cuda":
         dims = [("cogvideox", 2, 256, 4, 24, 32)] if quick else [
             ("cogvideox", 8, 1024, 13, 30, 45), ("cogvideox", 8, 1024, 13, 60, 90),
@@ -59,9 +62,9 @@ def sizes(device, quick):
     else:
         dims = [("cogvideox", 1, 128, 2, 8, 16)] if quick else [
             ("cogvideox", 3, 256, 4, 16, 24), ("cogvideox", 3, 256, 4, 24, 32), ("wan", 3, 256, 4, 24, 32),
-            ("cogvideox", 3, 256, 4, 32, 48)]
+            ("cogvideox", 3, 256, 4, 32, 48), ("cogvideox", 12, 256, 4, 24, 32)]
         default = ("cogvideox", 3, 256, 4, 24, 32)
-    return [Size(d, x=d[3] * d[4] * d[5] // 4, default=not quick and d == default) for d in dims]
+    return [Size(d, x=d[1] * d[3] * d[4] * d[5] // 4, default=not quick and d == default) for d in dims]
 
 
 @dataclass
@@ -292,7 +295,7 @@ def _vgpa_impls():
 
 ENTRY = Entry(
     op="dpo_training_step",
-    x_label="latent tokens per sample",
+    x_label="latent tokens per sample x layers",
     sizes=sizes,
     make_inputs=make_inputs,
     reference=reference,
