@@ -31,7 +31,7 @@ OPS = PIPELINES + tuple(spec.name for spec in registry.specs())
 PYTEST_INI = "[pytest]\npython_files = bench_*.py\nconsider_namespace_packages = true\n"
 
 # What --full takes on the idle 2-core CPU machine (bench/README.md says how this was estimated).
-FULL_CPU_MINUTES = "about 18 minutes"
+FULL_CPU_MINUTES = "about 20 minutes"
 
 DURATIONS = ("on the idle 2-core CPU machine, estimated from the committed run's medians (bench/README.md): "
              f"the default run about 1.5 minutes before the pipeline entries joined it (they lengthen it), --quick under "
