@@ -848,10 +848,10 @@ def wait_policy_hint(device: torch.device, load: Optional[float] = None, environ
             load = os.getloadavg()[0]
         except OSError:  # no load average on this platform
             return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1  # the load average counts the whole machine's runnable threads (as vgpa bench does)
     if load <= cores:
         return None
-    return (f"vgpa score: the load average ({load:.1f}) exceeds the {cores} cores this process may use; on a "
+    return (f"vgpa score: the load average ({load:.1f}) exceeds this machine's {cores} cores; on a "
             "loaded CPU, scoring runs faster with OMP_WAIT_POLICY=passive in its environment "
             "(OMP_WAIT_POLICY=passive vgpa score ...; docs/scoring.md)")
 
